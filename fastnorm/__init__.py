@@ -1,0 +1,38 @@
+"""fastnorm: compiled batch-norm and layer-norm kernels behind the cs231n NumPy API.
+
+    import fastnorm as fn
+    out, cache = fn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    dx, dgamma, dbeta = fn.batchnorm_backward(dout, cache)
+
+``fastnorm.reference`` has the pure-NumPy versions of the same five functions.
+"""
+
+from ._build import load_kernels as _load_kernels
+
+_load_kernels()  # an ImportError that says how to build, never a NumPy fall-back
+
+from . import gradient_check, reference  # noqa: E402
+from ._threads import get_num_threads, num_threads, openmp_enabled, set_num_threads  # noqa: E402
+from .normalization import (  # noqa: E402
+    batchnorm_backward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_backward_alt",
+    "layernorm_forward",
+    "layernorm_backward",
+    "reference",
+    "gradient_check",
+    "openmp_enabled",
+    "get_num_threads",
+    "set_num_threads",
+    "num_threads",
+]

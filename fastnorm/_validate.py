@@ -1,0 +1,194 @@
+"""Input checking shared by the compiled API and the NumPy reference.
+
+Everything here runs before any kernel: a bad argument raises with a message
+that names it (and the shapes), and no argument is modified.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_EPS = 1e-5
+DEFAULT_MOMENTUM = 0.9
+MODES = ("train", "test")
+
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, floating
+
+
+def _describe(a) -> str:
+    return f"shape {a.shape} and dtype {a.dtype}"
+
+
+def as_real_array(name: str, value) -> np.ndarray:
+    """`value` as an ndarray of a real numeric dtype (no copy when it already is one)."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} could not be read as an array: {exc}") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}); normalization needs real numbers")
+    if arr.dtype.kind not in _NUMERIC_KINDS:
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def compute_dtype(*arrays: np.ndarray) -> np.dtype:
+    """The floating dtype a computation on `arrays` runs in.
+
+    NumPy's result type, with integers and bool computed in float64 (as NumPy's
+    mean would) and float16 in float32 (no half-precision kernel). Extended
+    precision is refused rather than silently rounded to float64.
+    """
+    dtype = np.result_type(*arrays)
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(
+            f"dtype {dtype} is not supported: fastnorm computes in float32 or float64; "
+            "cast the arrays first"
+        )
+    return dtype
+
+
+def _real_scalar(params: dict, pname: str, key: str, default, low, high, low_open=False):
+    value = params.get(key, default)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{pname}['{key}'] must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < low or value > high or (low_open and value == low):
+        bounds = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{pname}['{key}'] must be finite and in {bounds}, got {value!r}")
+    return value
+
+
+def _ddof(params: dict, pname: str) -> int:
+    ddof = params.get("ddof", 0)
+    if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, numbers.Integral) or ddof not in (0, 1):
+        raise ValueError(f"{pname}['ddof'] must be 0 or 1, got {ddof!r}")
+    return int(ddof)
+
+
+def _param_dict(params, pname: str) -> dict:
+    if not isinstance(params, dict):
+        raise TypeError(f"{pname} must be a dict, got {type(params).__name__}")
+    return params
+
+
+def _x_gamma_beta(x, gamma, beta):
+    x = as_real_array("x", x)
+    gamma = as_real_array("gamma", gamma)
+    beta = as_real_array("beta", beta)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (N, D), got {x.ndim}-D with shape {x.shape}")
+    N, D = x.shape
+    if N == 0 or D == 0:
+        raise ValueError(f"x must have at least one row and one feature, got shape {x.shape}")
+    for name, arr in (("gamma", gamma), ("beta", beta)):
+        if arr.shape != (D,):
+            raise ValueError(f"{name} must have shape (D,) = ({D},) for x of shape {x.shape}, got {arr.shape}")
+    return x, gamma, beta
+
+
+@dataclass(frozen=True)
+class NormCall:
+    """A validated forward call: C-contiguous arrays of one floating dtype and its settings."""
+
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    eps: float
+    ddof: int
+    train: bool = True
+    momentum: float = DEFAULT_MOMENTUM
+    running_mean: np.ndarray | None = None
+    running_var: np.ndarray | None = None
+
+
+def _contiguous(arr: np.ndarray, dtype) -> np.ndarray:
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def batchnorm_call(x, gamma, beta, bn_param) -> NormCall:
+    bn_param = _param_dict(bn_param, "bn_param")
+    if "mode" not in bn_param:
+        raise ValueError("bn_param['mode'] is required: 'train' or 'test'")
+    mode = bn_param["mode"]
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
+    eps = _real_scalar(bn_param, "bn_param", "eps", DEFAULT_EPS, 0.0, np.inf)
+    momentum = _real_scalar(bn_param, "bn_param", "momentum", DEFAULT_MOMENTUM, 0.0, 1.0)
+    ddof = _ddof(bn_param, "bn_param")
+    x, gamma, beta = _x_gamma_beta(x, gamma, beta)
+    N, D = x.shape
+    dtype = compute_dtype(x, gamma, beta)
+    running = []
+    for key in ("running_mean", "running_var"):
+        if key in bn_param:
+            arr = as_real_array(f"bn_param['{key}']", bn_param[key])
+            if arr.shape != (D,):
+                raise ValueError(
+                    f"bn_param['{key}'] must have shape (D,) = ({D},) for x of shape {x.shape}, got {arr.shape}"
+                )
+            running.append(_contiguous(arr, dtype))
+        else:
+            running.append(np.zeros(D, dtype=dtype))
+    train = mode == "train"
+    if train and N <= ddof:
+        raise ValueError(
+            f"train mode with ddof={ddof} needs more than {ddof} row(s), got x of shape {x.shape}"
+        )
+    return NormCall(
+        _contiguous(x, dtype), _contiguous(gamma, dtype), _contiguous(beta, dtype),
+        eps, ddof, train, momentum, running[0], running[1],
+    )
+
+
+def layernorm_call(x, gamma, beta, ln_param) -> NormCall:
+    ln_param = _param_dict(ln_param, "ln_param")
+    eps = _real_scalar(ln_param, "ln_param", "eps", DEFAULT_EPS, 0.0, np.inf)
+    ddof = _ddof(ln_param, "ln_param")
+    x, gamma, beta = _x_gamma_beta(x, gamma, beta)
+    if x.shape[1] <= ddof:
+        raise ValueError(f"ddof={ddof} needs more than {ddof} feature(s), got x of shape {x.shape}")
+    dtype = compute_dtype(x, gamma, beta)
+    return NormCall(_contiguous(x, dtype), _contiguous(gamma, dtype), _contiguous(beta, dtype), eps, ddof)
+
+
+def write_running_stats(bn_param: dict, running_mean: np.ndarray, running_var: np.ndarray) -> None:
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+
+
+def check_dout(dout, x_shape, cache_dtype) -> tuple[np.ndarray, np.dtype]:
+    """dout as an array of x's shape; returns it with the dtype the backward runs in."""
+    dout = as_real_array("dout", dout)
+    if dout.shape != tuple(x_shape):
+        raise ValueError(f"dout must have the shape of x {tuple(x_shape)}, got {dout.shape}")
+    return dout, compute_dtype(dout, np.empty(0, cache_dtype))
+
+
+def check_cache_type(cache, expected: type, forward_name: str):
+    if not isinstance(cache, expected):
+        raise TypeError(
+            f"cache must be the one returned by {forward_name}, got {type(cache).__name__}"
+        )
+
+
+def check_out(name: str, out, shape, dtype, *inputs: np.ndarray) -> np.ndarray:
+    """A caller's output buffer: exact shape and dtype, C-contiguous, writeable,
+    and not overlapping any input (the cache keeps x by reference)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"{name} must have shape {tuple(shape)} and dtype {dtype}, got {_describe(out)}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    for arr in inputs:
+        if np.may_share_memory(out, arr):
+            raise ValueError(f"{name} must not share memory with the inputs")
+    return out

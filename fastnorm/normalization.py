@@ -1,0 +1,192 @@
+"""Batch and layer normalization on the compiled kernels, with the notebook's API.
+
+    out, cache = batchnorm_forward(x, gamma, beta, bn_param)
+    dx, dgamma, dbeta = batchnorm_backward(dout, cache)
+    out, cache = layernorm_forward(x, gamma, beta, ln_param)
+    dx, dgamma, dbeta = layernorm_backward(dout, cache)
+
+x is (N, D). Batch norm normalizes each feature over the N rows, layer norm
+each row over its D features. The variance is the biased one (ddof=0, the
+notebook's equations); ``bn_param["ddof"] = 1`` (or ``ln_param``) divides by
+N-1 (D-1) instead, which is what the notebook's printed numbers used.
+
+Every function takes optional ``out`` buffers so a training loop can run
+without allocating; results are bitwise identical to the allocating call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels, _validate
+from ._threads import get_num_threads
+
+__all__ = [
+    "BatchNormCache",
+    "LayerNormCache",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_backward_alt",
+    "layernorm_forward",
+    "layernorm_backward",
+]
+
+
+class _NormCache:
+    """What the backward needs: x (a reference, not a copy), the per-feature
+    (batch norm) or per-row (layer norm) mean and inverse std in float64, gamma,
+    and the conventions of the forward. Mutating x after the forward changes
+    what the backward computes."""
+
+    __slots__ = ("x", "mean", "inv_std", "gamma", "eps", "ddof", "mode")
+
+    def __init__(self, x, mean, inv_std, gamma, eps, ddof, mode):
+        self.x = x
+        self.mean = mean
+        self.inv_std = inv_std
+        self.gamma = gamma
+        self.eps = eps
+        self.ddof = ddof
+        self.mode = mode
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(x: {self.x.shape} {self.x.dtype}, mode={self.mode!r}, "
+                f"eps={self.eps}, ddof={self.ddof})")
+
+
+class BatchNormCache(_NormCache):
+    __slots__ = ()
+    stats_axis = 1  # statistics have length D
+
+
+class LayerNormCache(_NormCache):
+    __slots__ = ()
+    stats_axis = 0  # statistics have length N
+
+
+def _checked_cache(cache, kind: type, forward_name: str):
+    """Check a cache (it may have been altered since the forward) before a kernel reads it."""
+    _validate.check_cache_type(cache, kind, forward_name)
+    x = cache.x
+    if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype in (np.float32, np.float64)
+            and x.flags.c_contiguous):
+        raise ValueError("cache.x is no longer the C-contiguous float array the forward stored")
+    n_stats = x.shape[kind.stats_axis]
+    for name in ("mean", "inv_std"):
+        arr = getattr(cache, name)
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64 and arr.shape == (n_stats,)
+                and arr.flags.c_contiguous):
+            raise ValueError(f"cache.{name} must be a float64 array of shape ({n_stats},)")
+    gamma = cache.gamma
+    if not (isinstance(gamma, np.ndarray) and gamma.shape == (x.shape[1],) and gamma.dtype == x.dtype):
+        raise ValueError(f"cache.gamma must be a {x.dtype} array of shape ({x.shape[1]},)")
+    if cache.ddof not in (0, 1) or cache.mode not in _validate.MODES:
+        raise ValueError("cache.ddof or cache.mode was changed to an invalid value")
+    return cache
+
+
+def _backward_arrays(dout, cache, out):
+    """dout, x and gamma in the backward's dtype, and the three outputs."""
+    x = cache.x
+    dout, dtype = _validate.check_dout(dout, x.shape, x.dtype)
+    dout = np.ascontiguousarray(dout, dtype=dtype)
+    x = np.ascontiguousarray(x, dtype=dtype)
+    gamma = np.ascontiguousarray(cache.gamma, dtype=dtype)
+    D = x.shape[1]
+    if out is None:
+        return dout, x, gamma, (np.empty_like(x), np.empty(D, dtype), np.empty(D, dtype))
+    if not (isinstance(out, tuple) and len(out) == 3):
+        raise TypeError("out must be a tuple (dx, dgamma, dbeta) of arrays")
+    dx = _validate.check_out("out[0] (dx)", out[0], x.shape, dtype, dout, x)
+    dgamma = _validate.check_out("out[1] (dgamma)", out[1], (D,), dtype, dout, x, dx)
+    dbeta = _validate.check_out("out[2] (dbeta)", out[2], (D,), dtype, dout, x, dx, dgamma)
+    return dout, x, gamma, (dx, dgamma, dbeta)
+
+
+def _forward_out(call, out):
+    if out is None:
+        return np.empty_like(call.x)
+    return _validate.check_out("out", out, call.x.shape, call.x.dtype, call.x)
+
+
+def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
+    """Batch normalization forward on the compiled kernel.
+
+    Parameters
+    ----------
+    x : (N, D) array
+    gamma, beta : (D,) arrays, scale and shift
+    bn_param : dict with 'mode' ('train' or 'test', required), and optionally
+        'eps' (1e-5), 'momentum' (0.9), 'ddof' (0 or 1, default 0),
+        'running_mean', 'running_var' ((D,), default zeros). The updated running
+        statistics are written back into bn_param in both modes.
+    out : optional (N, D) C-contiguous array of the compute dtype to write into.
+
+    Returns
+    -------
+    out : (N, D) normalized, scaled and shifted x
+    cache : BatchNormCache for batchnorm_backward
+    """
+    call = _validate.batchnorm_call(x, gamma, beta, bn_param)
+    result = _forward_out(call, out)
+    D = call.x.shape[1]
+    mean = np.empty(D)
+    inv_std = np.empty(D)
+    running_mean = np.empty(D, call.x.dtype)
+    running_var = np.empty(D, call.x.dtype)
+    _kernels.batchnorm_forward(
+        call.x, call.gamma, call.beta, call.running_mean, call.running_var, call.train,
+        call.momentum, call.eps, call.ddof, result, mean, inv_std, running_mean, running_var,
+        get_num_threads(),
+    )
+    _validate.write_running_stats(bn_param, running_mean, running_var)
+    mode = "train" if call.train else "test"
+    return result, BatchNormCache(call.x, mean, inv_std, call.gamma, call.eps, call.ddof, mode)
+
+
+def batchnorm_backward(dout, cache, *, out=None):
+    """Batch normalization backward: the simplified closed form, fused on the compiled kernel.
+
+    Returns dx (N, D), dgamma (D,), dbeta (D,). ``out=(dx, dgamma, dbeta)``
+    writes into caller buffers.
+    """
+    cache = _checked_cache(cache, BatchNormCache, "batchnorm_forward")
+    dout, x, gamma, (dx, dgamma, dbeta) = _backward_arrays(dout, cache, out)
+    _kernels.batchnorm_backward(
+        dout, x, cache.mean, cache.inv_std, gamma, cache.mode == "train", cache.ddof,
+        dx, dgamma, dbeta, get_num_threads(),
+    )
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_alt(dout, cache, *, out=None):
+    """Same as batchnorm_backward: the compiled kernel already is the simplified form."""
+    return batchnorm_backward(dout, cache, out=out)
+
+
+def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
+    """Layer normalization forward on the compiled kernel.
+
+    Each row of x (N, D) is normalized over its D features, then scaled by gamma
+    and shifted by beta (both (D,)). ln_param: optional 'eps' (1e-5) and 'ddof'
+    (0 or 1); 'mode' is ignored, there are no running statistics.
+    """
+    call = _validate.layernorm_call(x, gamma, beta, ln_param)
+    result = _forward_out(call, out)
+    N = call.x.shape[0]
+    mean = np.empty(N)
+    inv_std = np.empty(N)
+    _kernels.layernorm_forward(
+        call.x, call.gamma, call.beta, call.eps, call.ddof, result, mean, inv_std, get_num_threads()
+    )
+    return result, LayerNormCache(call.x, mean, inv_std, call.gamma, call.eps, call.ddof, "train")
+
+
+def layernorm_backward(dout, cache, *, out=None):
+    """Layer normalization backward (compiled): dx (N, D), dgamma (D,), dbeta (D,)."""
+    cache = _checked_cache(cache, LayerNormCache, "layernorm_forward")
+    dout, x, gamma, (dx, dgamma, dbeta) = _backward_arrays(dout, cache, out)
+    _kernels.layernorm_backward(
+        dout, x, cache.mean, cache.inv_std, gamma, cache.ddof, dx, dgamma, dbeta, get_num_threads()
+    )
+    return dx, dgamma, dbeta

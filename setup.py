@@ -1,0 +1,125 @@
+"""Build the compiled kernels of fastnorm.
+
+Environment switches (all optional):
+
+    FASTNORM_DISABLE_OPENMP=1   build serial loops even when the compiler has OpenMP
+    FASTNORM_DEBUG=1            bounds/wraparound/initialized checks on, -O0 -g
+    FASTNORM_NATIVE=1           add -march=native (binaries then only run on this CPU)
+
+Everything else (metadata, dependencies) lives in pyproject.toml.
+"""
+
+import hashlib
+import os
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE / "src"
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+DEBUG = _flag("FASTNORM_DEBUG")
+NO_OPENMP = _flag("FASTNORM_DISABLE_OPENMP")
+NATIVE = _flag("FASTNORM_NATIVE")
+
+# The one place where compiler directives are set.
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": not DEBUG,
+    "embedsignature": True,
+}
+
+
+def source_hash():
+    """Hash of the kernel sources; the built module carries it so that
+    `import fastnorm` can tell a stale in-place build from a fresh one."""
+    digest = hashlib.sha256()
+    for path in sorted(SRC.glob("*.p[yx][xd]")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class BuildExt(build_ext):
+    """Probe the compiler for OpenMP, then build; serial with a warning when absent."""
+
+    def _compiler_has_openmp(self):
+        probe = textwrap.dedent(
+            """
+            #include <omp.h>
+            int main(void) {
+                int n = 0;
+                #pragma omp parallel reduction(+:n)
+                n += 1;
+                return omp_get_max_threads() > 0 && n > 0 ? 0 : 1;
+            }
+            """
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "probe_openmp.c"
+            src.write_text(probe)
+            try:
+                objects = self.compiler.compile(
+                    [str(src)], output_dir=tmp, extra_postargs=["-fopenmp"]
+                )
+                self.compiler.link_executable(
+                    objects, "probe_openmp", output_dir=tmp, extra_postargs=["-fopenmp"]
+                )
+            except Exception:  # any compile or link failure means "no OpenMP"
+                return False
+        return True
+
+    def build_extensions(self):
+        if NO_OPENMP:
+            use_openmp = False
+            print("fastnorm: FASTNORM_DISABLE_OPENMP set: building serial kernels")
+        else:
+            use_openmp = self._compiler_has_openmp()
+            if not use_openmp:
+                print(
+                    "WARNING fastnorm: the compiler does not support OpenMP; "
+                    "building serial kernels (fastnorm.openmp_enabled() will be False)",
+                    file=sys.stderr,
+                )
+        for ext in self.extensions:
+            if use_openmp:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        super().build_extensions()
+
+
+def extensions():
+    compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+    if NATIVE:
+        compile_args.append("-march=native")
+    ext = Extension(
+        "fastnorm._kernels",
+        sources=["src/_kernels.pyx"],
+        include_dirs=["src"],
+        define_macros=[("FASTNORM_SOURCE_HASH", f'"{source_hash()}"')],
+        extra_compile_args=compile_args,
+        extra_link_args=[],
+    )
+    # Generated C goes under build/ (per mode), never beside the sources.
+    return cythonize(
+        [ext],
+        include_path=["src"],
+        compiler_directives=DIRECTIVES,
+        build_dir="build/cython-debug" if DEBUG else "build/cython",
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

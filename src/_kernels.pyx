@@ -1,0 +1,74 @@
+# The Python/compiled boundary of fastnorm: thin `def` wrappers that take
+# validated, C-contiguous float32/float64 arrays and preallocated outputs, drop
+# the GIL and run a kernel. Checking, converting and allocating are done in
+# Python above this (fastnorm/_validate.py, fastnorm/normalization.py).
+
+from cython cimport floating
+
+from _parallel cimport FASTNORM_HAVE_OPENMP, FASTNORM_SOURCE_HASH, omp_get_max_threads
+from batchnorm cimport bn_forward, bn_backward
+from layernorm cimport ln_forward, ln_backward
+
+SOURCE_HASH = FASTNORM_SOURCE_HASH.decode("ascii")
+
+
+def openmp_enabled():
+    """True when this build runs its loops with OpenMP threads."""
+    return bool(FASTNORM_HAVE_OPENMP)
+
+
+def max_threads():
+    """OpenMP's default team size (OMP_NUM_THREADS or the core count); 1 without OpenMP."""
+    return omp_get_max_threads()
+
+
+cdef inline _check(int status):
+    if status != 0:
+        raise MemoryError("fastnorm: could not allocate the kernel's scratch memory")
+
+
+def batchnorm_forward(const floating[:, ::1] x, const floating[::1] gamma,
+                      const floating[::1] beta, const floating[::1] running_mean,
+                      const floating[::1] running_var, bint train, double momentum,
+                      double eps, int ddof, floating[:, ::1] out, double[::1] mean,
+                      double[::1] inv_std, floating[::1] running_mean_out,
+                      floating[::1] running_var_out, int n_threads):
+    cdef int status
+    with nogil:
+        status = bn_forward(x, gamma, beta, running_mean, running_var, train, momentum,
+                            eps, ddof, out, mean, inv_std, running_mean_out,
+                            running_var_out, n_threads)
+    _check(status)
+
+
+def batchnorm_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
+                       const double[::1] mean, const double[::1] inv_std,
+                       const floating[::1] gamma, bint train, int ddof,
+                       floating[:, ::1] dx, floating[::1] dgamma, floating[::1] dbeta,
+                       int n_threads):
+    cdef int status
+    with nogil:
+        status = bn_backward(dout, x, mean, inv_std, gamma, train, ddof, dx, dgamma, dbeta,
+                             n_threads)
+    _check(status)
+
+
+def layernorm_forward(const floating[:, ::1] x, const floating[::1] gamma,
+                      const floating[::1] beta, double eps, int ddof,
+                      floating[:, ::1] out, double[::1] mean, double[::1] inv_std,
+                      int n_threads):
+    cdef int status
+    with nogil:
+        status = ln_forward(x, gamma, beta, eps, ddof, out, mean, inv_std, n_threads)
+    _check(status)
+
+
+def layernorm_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
+                       const double[::1] mean, const double[::1] inv_std,
+                       const floating[::1] gamma, int ddof,
+                       floating[:, ::1] dx, floating[::1] dgamma, floating[::1] dbeta,
+                       int n_threads):
+    cdef int status
+    with nogil:
+        status = ln_backward(dout, x, mean, inv_std, gamma, ddof, dx, dgamma, dbeta, n_threads)
+    _check(status)
