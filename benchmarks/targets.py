@@ -1,0 +1,102 @@
+"""The speed targets of issues 2 and 5, checked on a run's cells.
+
+Each check appends a short tag to the `misses` of every cell that misses it
+and returns a Verdict for the summary. Targets live here, in the benchmark's
+output; the tests never assert on speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .suite import NOTEBOOK_SHAPE, OVERHEAD_SHAPE
+
+# issue 2
+GRAPH_SPEEDUP_BENCH = 20.0
+SIMPLIFIED_SPEEDUP = 3.0
+# issue 5
+GRAPH_SPEEDUP_VS_TORCH = 30.0
+COPY_FRACTION = 0.60
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    checked: int  # cells the target applies to
+    missed: list[str]  # one line per missing cell
+
+    @property
+    def passed(self) -> bool:
+        return self.checked > 0 and not self.missed
+
+    def line(self) -> str:
+        if self.checked == 0:
+            return f"[ -- ] {self.target}: not measured in this run"
+        state = "PASS" if self.passed else "MISS"
+        tail = f" ({len(self.missed)} of {self.checked} cells miss)" if self.missed else f" ({self.checked} cells)"
+        return f"[{state}] {self.target}{tail}"
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "checked": self.checked, "passed": self.passed,
+                "missed": list(self.missed)}
+
+
+def _where(cell) -> str:
+    c = cell.case
+    return f"{c.op} {c.shape_text} {c.dtype} {cell.threads}t"
+
+
+def _check(cells, target: str, tag: str, applies, holds) -> Verdict:
+    """Mark the cells where applies(cell) and not holds(cell)."""
+    checked, missed = 0, []
+    for cell in cells:
+        if not applies(cell):
+            continue
+        checked += 1
+        if not holds(cell):
+            cell.misses.append(tag)
+            missed.append(_where(cell))
+    return Verdict(target, checked, missed)
+
+
+def _is_notebook_bn_backward(cell) -> bool:
+    c = cell.case
+    return c.op == "bn_bwd" and c.shape == NOTEBOOK_SHAPE and c.dtype == "float64"
+
+
+def _at_least(cell, role: str, factor: float) -> bool:
+    speedup = cell.speedup(role)
+    return speedup is not None and speedup >= factor
+
+
+def check_bench(cells) -> list[Verdict]:
+    """Issue 2's bar."""
+    has = lambda role: lambda cell: _is_notebook_bn_backward(cell) and role in cell.timings  # noqa: E731
+    return [
+        _check(cells, f"bn backward {NOTEBOOK_SHAPE} float64: fused >= {GRAPH_SPEEDUP_BENCH:g}x "
+               "faster than the graph backward", "graph", has("graph"),
+               lambda c: _at_least(c, "graph", GRAPH_SPEEDUP_BENCH)),
+        _check(cells, f"bn backward {NOTEBOOK_SHAPE} float64: fused >= {SIMPLIFIED_SPEEDUP:g}x "
+               "faster than the NumPy simplified backward", "simplified", has("numpy"),
+               lambda c: _at_least(c, "numpy", SIMPLIFIED_SPEEDUP)),
+        _check(cells, "every cell: fastnorm faster than the NumPy reference", "numpy",
+               lambda c: "numpy" in c.timings, lambda c: _at_least(c, "numpy", 1.0)),
+    ]
+
+
+def check_vs_torch(cells, copy_gbps: float) -> list[Verdict]:
+    """Issue 5's targets."""
+    with_torch = lambda c: "torch" in c.timings  # noqa: E731
+    at_overhead = lambda c: c.case.shape == OVERHEAD_SHAPE  # noqa: E731
+    return [
+        _check(cells, "every cell: fastnorm time <= torch", "torch",
+               lambda c: with_torch(c) and not at_overhead(c), lambda c: _at_least(c, "torch", 1.0)),
+        _check(cells, f"arrays >= 16 MiB: >= {COPY_FRACTION:.0%} of the copy bandwidth", "bandwidth",
+               lambda c: c.case.is_large, lambda c: c.gbps >= COPY_FRACTION * copy_gbps),
+        _check(cells, f"per-call overhead at {OVERHEAD_SHAPE[0]}x{OVERHEAD_SHAPE[1]}: fastnorm <= torch's op call",
+               "overhead", lambda c: with_torch(c) and at_overhead(c), lambda c: _at_least(c, "torch", 1.0)),
+        _check(cells, f"bn backward {NOTEBOOK_SHAPE} float64: fused >= {GRAPH_SPEEDUP_VS_TORCH:g}x "
+               "faster than the graph backward", "graph",
+               lambda c: _is_notebook_bn_backward(c) and "graph" in c.timings,
+               lambda c: _at_least(c, "graph", GRAPH_SPEEDUP_VS_TORCH)),
+    ]
