@@ -25,6 +25,9 @@ def _source_hash() -> str | None:
 def load_kernels():
     try:
         kernels = importlib.import_module("fastnorm._kernels")
+        # an import hook (an editable install of another tree) may find a module elsewhere
+        if Path(kernels.__file__).resolve().parent != _PACKAGE_DIR:
+            raise ImportError(f"the only build found is {kernels.__file__}, outside this package")
     except ImportError as exc:
         where = _PACKAGE_DIR
         raise ImportError(
