@@ -1,0 +1,285 @@
+"""The Markdown report: the figures of the run and what this run's numbers show.
+
+Every number and every comparison word below is computed from the records;
+the sections only supply the sentence frames. Records come from the JSON files
+in the output folder (results.load_records).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .plots import primary_run
+
+TRAINS_FACTOR = 2  # a model "trains" when its best training accuracy reaches twice chance
+TITLES = {
+    "bn-vs-baseline": "Batch normalization vs. no normalization",
+    "weight-scale": "Batch normalization and weight initialization",
+    "batch-size": "Batch normalization and batch size",
+    "layernorm-batch-size": "Layer normalization and batch size",
+}
+
+
+def write_report(records: list[dict], out_dir: Path, name: str = "report.md") -> Path:
+    path = Path(out_dir) / name
+    path.write_text(render_report(records))
+    return path
+
+
+def render_report(records: list[dict]) -> str:
+    lines = ["# fastnorm: the batch-normalization notebook's experiments", ""]
+    lines += _overview(records) + _timing(records)
+    by_name = {r["experiment"]: r for r in records}
+    for record in records:
+        lines += _section(record, by_name)
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ helpers
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _acc(value) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
+
+
+def _compare(a: float, b: float, more: str = "higher", less: str = "lower") -> str:
+    """The comparison word that the numbers (as rounded in the report) support."""
+    if round(a, 3) == round(b, 3):
+        return "the same as"
+    return f"{more} than" if a > b else f"{less} than"
+
+
+def _scale(value: float) -> str:
+    return f"{value:.1e}"
+
+
+def _models(record: dict) -> tuple[dict, list[dict]]:
+    models = primary_run(record)["models"]
+    return [m for m in models if m["normalization"] is None], [m for m in models if m["normalization"]]
+
+
+def _last(history: list) -> float:
+    return _num(history[-1]) if history else float("nan")
+
+
+# ------------------------------------------------------------------ overview and timing
+
+def _overview(records: list[dict]) -> list[str]:
+    if not records:
+        return ["No experiment records were found.", ""]
+    s, env = records[0]["settings"], records[0]["environment"]
+    return [f"Written {time.strftime('%Y-%m-%d %H:%M')} from the records in this folder. "
+            f"Dataset: {s['dataset']} (input dimension {s['input_dim']}, {s['num_classes']} classes, "
+            f"{s['num_val']} validation samples); seed {s['seed']}; NumPy {env['numpy']}; "
+            f"compiled kernels with OpenMP {'on' if env['openmp'] else 'off'}, "
+            f"{env['kernel_threads']} thread(s). Each model starts from the seed, so a baseline and a "
+            f"normalized net of one experiment share their initial weights and minibatch order.", ""]
+
+
+def _timing(records: list[dict]) -> list[str]:
+    lines = ["## Wall time", "",
+             "| experiment | settings | models | epochs | compiled kernels (s) | NumPy reference (s) | speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        runs, s = r["runs"], r["settings"]
+        times = [f"{runs[k]['wall_time_s']:.1f}" if k in runs else "-" for k in ("fast", "reference")]
+        ratio = (f"{runs['reference']['wall_time_s'] / runs['fast']['wall_time_s']:.2f}x"
+                 if "-" not in times else "-")
+        lines.append(f"| {r['experiment']} | {'--quick' if s['quick'] else 'notebook'} "
+                     f"| {len(primary_run(r)['models'])} | {s['num_epochs']} "
+                     f"| {times[0]} | {times[1]} | {ratio} |")
+    return lines + [""] + _speedup(records)
+
+
+def _speedup(records: list[dict]) -> list[str]:
+    """The compiled kernels' end-to-end speed-up, from records that hold both kernel runs."""
+    lines = []
+    for r in records:
+        if not {"fast", "reference"} <= r["runs"].keys():
+            continue
+        fast, ref = r["runs"]["fast"], r["runs"]["reference"]
+        together = "in the same run, model by model in turn" if fast["run_id"] == ref["run_id"] \
+            else "in two separate runs"
+        lines.append(f"**{r['experiment']}** (timed {together}): the compiled kernels trained the "
+                     f"{len(fast['models'])} models in {fast['wall_time_s']:.2f} s, the NumPy reference "
+                     f"normalization in {ref['wall_time_s']:.2f} s, "
+                     f"{ref['wall_time_s'] / fast['wall_time_s']:.2f}x end to end. "
+                     + _normalized_share(fast["models"], ref["models"]) + " "
+                     + _agreement(fast["models"], ref["models"]))
+        lines.append("")
+    if not lines:
+        lines = ["No experiment here was run on both kernel sets; `--kernels both` measures the "
+                 "compiled kernels' speed-up over the NumPy reference.", ""]
+    return lines
+
+
+def _normalized_share(fast: list[dict], ref: list[dict]) -> str:
+    """Split the time of the normalized models into the un-normalized baseline's cost and the rest."""
+    t_fast = sum(m["time_s"] for m in fast if m["normalization"])
+    t_ref = sum(m["time_s"] for m in ref if m["normalization"])
+    base = [m for m in ref if m["normalization"] is None and m["batch_size"] in
+            {n["batch_size"] for n in ref if n["normalization"]}]
+    text = f"The normalized models alone: {t_fast:.2f} s against {t_ref:.2f} s, {t_ref / t_fast:.2f}x."
+    if len(base) == 1:
+        t_base = (base[0]["time_s"] + fast[ref.index(base[0])]["time_s"]) / 2
+        n_norm = sum(1 for m in fast if m["normalization"] and m["batch_size"] == base[0]["batch_size"])
+        t_fast_same = sum(m["time_s"] for m in fast if m["normalization"] and m["batch_size"] == base[0]["batch_size"])
+        t_ref_same = sum(m["time_s"] for m in ref if m["normalization"] and m["batch_size"] == base[0]["batch_size"])
+        text += (f" The un-normalized baseline at the same batch size took {t_base:.2f} s per model, so "
+                 f"normalization added {t_ref_same / n_norm - t_base:.2f} s per model on the reference and "
+                 f"{t_fast_same / n_norm - t_base:.2f} s on the compiled kernels; even free normalization "
+                 f"could not make these models more than {t_ref_same / n_norm / t_base:.2f}x faster.")
+    return text
+
+
+def _agreement(fast: list[dict], ref: list[dict]) -> str:
+    diffs = [np.nanmax(np.abs(np.array([_num(v) for v in f["loss_history"]]) -
+                              np.array([_num(v) for v in r["loss_history"]])))
+             for f, r in zip(fast, ref) if len(f["loss_history"]) == len(r["loss_history"])]
+    if not diffs:
+        return ""
+    return (f"The two runs' training losses differ by at most {max(diffs):.1e} "
+            "(float32 training, the same models and seeds).")
+
+
+# ------------------------------------------------------------------ sections
+
+def _section(record: dict, by_name: dict) -> list[str]:
+    name = record["experiment"]
+    s = record["settings"]
+    lines = [f"## {TITLES[name]} (`{name}`)", "", f"![{name}]({name}.png)", "",
+             f"Hidden layers {list(s['hidden_dims'])}, {s['update_rule']} with learning rate "
+             f"{s['learning_rate']:.2g}, {s['num_epochs']} epochs on {s['num_train']} training samples "
+             f"({'--quick settings' if s['quick'] else 'the notebook settings'}).", ""]
+    body = {"bn-vs-baseline": _bn_vs_baseline, "weight-scale": _weight_scale,
+            "batch-size": _batch_size, "layernorm-batch-size": _batch_size}[name]
+    return lines + body(record, by_name) + [""]
+
+
+def _bn_vs_baseline(record: dict, by_name: dict) -> list[str]:
+    (base,), (bn,) = _models(record)
+    epochs = len(bn["train_acc_history"]) - 1
+    b_tr, n_tr = _last(base["train_acc_history"]), _last(bn["train_acc_history"])
+    b_val, n_val = _last(base["val_acc_history"]), _last(bn["val_acc_history"])
+    lines = [f"- After epoch {epochs} the batchnorm net's training accuracy is {_acc(n_tr)}, "
+             f"{_compare(n_tr, b_tr)} the baseline's {_acc(b_tr)} ({_signed(n_tr - b_tr)}); its validation "
+             f"accuracy is {_acc(n_val)} against {_acc(b_val)} ({_signed(n_val - b_val)}).",
+             f"- Best validation accuracy: {_acc(bn['best_val_acc'])} with batchnorm, "
+             f"{_acc(base['best_val_acc'])} without.",
+             f"- Mean training loss over the last {min(100, len(bn['loss_history']))} iterations: "
+             f"{_num(bn['final_train_loss']):.3f} with batchnorm, {_num(base['final_train_loss']):.3f} without."]
+    reach = _first_epoch_reaching(bn["train_acc_history"], b_tr)
+    if reach is not None:
+        lines.append(f"- The batchnorm net first reaches the baseline's final training accuracy at epoch "
+                     f"{reach} of {epochs}.")
+    else:
+        lines.append("- The batchnorm net never reaches the baseline's final training accuracy.")
+    return lines
+
+
+def _first_epoch_reaching(history: list, level: float) -> int | None:
+    for epoch, value in enumerate(history):
+        if value is not None and value >= level:
+            return epoch
+    return None
+
+
+def _weight_scale(record: dict, by_name: dict) -> list[str]:
+    base, bn = _models(record)
+    chance = 1 / record["settings"]["num_classes"]
+    level = TRAINS_FACTOR * chance
+    lines = [f"A model counts as training when its best training accuracy reaches {level:.2f} "
+             f"({TRAINS_FACTOR}x chance), over {len(bn)} weight scales from {_scale(bn[0]['weight_scale'])} "
+             f"to {_scale(bn[-1]['weight_scale'])}.", ""]
+    for label, models in (("baseline", base), ("batchnorm", bn)):
+        lines.append(f"- {label}: " + _trains_sentence(models, level))
+    for label, models in (("baseline", base), ("batchnorm", bn)):
+        lines.append(f"- {label}: best validation accuracy {_best_at(models)}; "
+                     + _diverged_sentence(models))
+    return lines
+
+
+def _trains_sentence(models: list[dict], level: float) -> str:
+    training = [m["weight_scale"] for m in models if _num(m["best_train_acc"]) >= level]
+    if not training:
+        return f"trains at none of the {len(models)} weight scales."
+    where = (f"from {_scale(training[0])} to {_scale(training[-1])}"
+             if _contiguous(models, training) else "at " + ", ".join(_scale(t) for t in training))
+    return f"trains at {len(training)} of {len(models)} weight scales, {where}."
+
+
+def _contiguous(models: list[dict], chosen: list[float]) -> bool:
+    scales = [m["weight_scale"] for m in models]
+    start = scales.index(chosen[0])
+    return scales[start:start + len(chosen)] == chosen
+
+
+def _best_at(models: list[dict]) -> str:
+    accs = np.array([_num(m["best_val_acc"]) for m in models])
+    i = int(np.nanargmax(accs))
+    return (f"{_acc(accs[i])} at weight scale {_scale(models[i]['weight_scale'])}, ranging from "
+            f"{_acc(np.nanmin(accs))} to {_acc(accs[i])} over the sweep")
+
+
+def _diverged_sentence(models: list[dict]) -> str:
+    diverged = [_scale(m["weight_scale"]) for m in models if m["diverged"]]
+    if not diverged:
+        return "the loss stayed finite at every scale."
+    return f"training stopped on a non-finite loss at weight scale {', '.join(diverged)}."
+
+
+def _batch_size(record: dict, by_name: dict) -> list[str]:
+    (base,), normed = _models(record)
+    kind = record["settings"]["normalization"]
+    lines = []
+    for key, what in (("val_acc_history", "validation"), ("train_acc_history", "training")):
+        values = [_last(m[key]) for m in normed]
+        per_size = ", ".join(f"{_acc(v)} at batch {m['batch_size']}" for v, m in zip(values, normed))
+        lines.append(f"- Final {what} accuracy with {kind}: {per_size} ({_trend(normed, values)}, "
+                     f"spread {max(values) - min(values):.3f}); baseline at batch {base['batch_size']}: "
+                     f"{_acc(_last(base[key]))}.")
+    small = normed[0]
+    lines.append(f"- At the smallest batch ({small['batch_size']}) {kind} ends with validation accuracy "
+                 f"{_acc(_last(small['val_acc_history']))}, {_compare(_last(small['val_acc_history']), _last(base['val_acc_history']))} "
+                 f"the un-normalized baseline's {_acc(_last(base['val_acc_history']))}.")
+    if record["experiment"] == "layernorm-batch-size" and "batch-size" in by_name:
+        lines.append(_bn_vs_ln_sentence(by_name["batch-size"], record))
+    return lines
+
+
+def _trend(models: list[dict], values: list[float]) -> str:
+    order = np.argsort([m["batch_size"] for m in models])
+    ordered = np.round(np.array(values)[order], 3)
+    steps = np.diff(ordered)
+    if np.all(steps > 0):
+        return "rising with batch size"
+    if np.all(steps < 0):
+        return "falling with batch size"
+    if np.all(steps == 0):
+        return "equal at every batch size"
+    return "not monotonic in batch size"
+
+
+def _spread(record: dict) -> float:
+    values = [_last(m["val_acc_history"]) for m in _models(record)[1]]
+    return max(values) - min(values)
+
+
+def _bn_vs_ln_sentence(bn_record: dict, ln_record: dict) -> str:
+    bn, ln = round(_spread(bn_record), 3), round(_spread(ln_record), 3)
+    if ln == bn:
+        how = "as much on the batch size as"
+    else:
+        how = f"{'more' if ln > bn else 'less'} on the batch size than"
+    return (f"- Across batch sizes the final validation accuracy spreads over {bn:.3f} with batchnorm "
+            f"and {ln:.3f} with layernorm: in this run layernorm's result depends {how} batchnorm's.")
