@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 DEFAULT_OUT = "bench-out"
-REPEAT, QUICK_REPEAT = 7, 3
-MIN_TIME_MS, QUICK_MIN_TIME_MS = 10.0, 2.0
+REPEAT, QUICK_REPEAT = 5, 3
+MIN_TIME_MS, QUICK_MIN_TIME_MS = 5.0, 1.0
 COPY_MIN_BYTES = 64 * 2**20
 
 
@@ -115,19 +115,20 @@ def _roles_of(vs_torch: bool, with_torch: bool):
 
 
 def _copy_bandwidth(repeat: int):
-    """GB/s of a copy larger than the last-level cache, with its samples."""
+    """Seconds per copy of an array larger than the last-level cache: (bytes, samples)."""
     from . import machine, timing
 
     nbytes = max(COPY_MIN_BYTES, 2 * machine.last_level_cache_bytes())
-    gbps, t = timing.copy_bandwidth(nbytes, repeat)
-    return nbytes, list(t.samples)
+    _, copies = timing.copy_bandwidth(nbytes, repeat)
+    return nbytes, list(copies.samples)
 
 
-def measure(args) -> "report.Run":  # noqa: F821
+def measure(args):
     import statistics
 
     from . import machine, report, runner, suite, targets, timing, torch_anchor
 
+    load_before = machine.load_average()
     settings = _settings(args)
     with_torch = settings["torch"] and torch_anchor.available()
     kind = "vs-torch" if args.vs_torch else "bench"
@@ -139,7 +140,7 @@ def measure(args) -> "report.Run":  # noqa: F821
     copy_samples += _copy_bandwidth(settings["repeat"])[1]
     copy_gbps = timing.gb_per_s(2 * copy_bytes, statistics.median(copy_samples))
     verdicts = (targets.check_vs_torch(cells, copy_gbps) if args.vs_torch else targets.check_bench(cells))
-    info = machine.describe(torch_anchor.version() if with_torch else None)
+    info = machine.describe(torch_anchor.version() if with_torch else None, load_before)
     return report.Run(kind, info, settings, copy_gbps, copy_samples, copy_bytes, cells, verdicts)
 
 

@@ -52,11 +52,20 @@ def last_level_cache_bytes() -> int:
     return best_size
 
 
-def describe(torch_version: str | None) -> dict:
+def load_average() -> float | None:
+    """The 1-minute load average: other processes competing for the cores."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def describe(torch_version: str | None, load_before: float | None = None) -> dict:
     """Everything a reader needs to place the numbers."""
     import fastnorm
 
     return {
+        "load_average_before": load_before,
         "cpu": cpu_model(),
         "cores": cores(),
         "llc_bytes": last_level_cache_bytes(),
@@ -74,3 +83,12 @@ def one_line(info: dict) -> str:
     openmp = "OpenMP" if info["openmp"] else "serial build"
     return (f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, numpy {info['numpy']}, "
             f"{torch}, fastnorm {info['fastnorm']} ({openmp})")
+
+
+def load_note(info: dict) -> str | None:
+    """A warning when other processes kept the cores busy before the run."""
+    load = info.get("load_average_before")
+    if load is None or load < 0.5:
+        return None
+    return (f"note: load average {load:.2f} on {info['cores']} cores before the run (other processes); "
+            "multi-thread timings suffer most, ratios within a cell still hold best")

@@ -74,7 +74,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    render = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    def render(cols) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
+
     return "\n".join([render(headers), render(["-" * w for w in widths])] + [render(r) for r in rows])
 
 
@@ -144,6 +146,7 @@ def text_report(run: Run) -> str:
         f"fastnorm's (>1: fastnorm faster); {MISS_MARK} marks a missed target",
         f"copy bandwidth (np.copyto, {run.copy_bytes / 2**20:.0f} MiB, same run): {run.copy_gbps:.1f} GB/s; "
         f"GB/s of arrays >= 16 MiB count the minimum traffic (fwd 2x, bwd 3x the array)",
+        *filter(None, [machine.load_note(run.info)]),
         "",
         format_table(headers, rows),
         "",
@@ -162,6 +165,7 @@ def markdown_report(run: Run) -> str:
         f"Machine: {machine.one_line(run.info)}. Copy bandwidth {run.copy_gbps:.1f} GB/s.",
         f"Median of {run.settings['repeat']} interleaved runs; 'vs X' = X's time / fastnorm's; "
         f"{MISS_MARK} = target missed.",
+        *filter(None, [machine.load_note(run.info)]),
         "",
         format_table(headers, rows, markdown=True),
     ])

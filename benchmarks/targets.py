@@ -64,39 +64,54 @@ def _is_notebook_bn_backward(cell) -> bool:
     return c.op == "bn_bwd" and c.shape == NOTEBOOK_SHAPE and c.dtype == "float64"
 
 
-def _at_least(cell, role: str, factor: float) -> bool:
-    speedup = cell.speedup(role)
-    return speedup is not None and speedup >= factor
+def _is_overhead(cell) -> bool:
+    return cell.case.shape == OVERHEAD_SHAPE
+
+
+def _against(role: str, only=None):
+    """Applies to the cells timed against role (and passing `only`, if given)."""
+    return lambda cell: role in cell.timings and (only is None or only(cell))
+
+
+def _at_least(role: str, factor: float):
+    """Holds where fastnorm is at least factor times faster than role."""
+    def holds(cell) -> bool:
+        speedup = cell.speedup(role)
+        return speedup is not None and speedup >= factor
+    return holds
 
 
 def check_bench(cells) -> list[Verdict]:
     """Issue 2's bar."""
-    has = lambda role: lambda cell: _is_notebook_bn_backward(cell) and role in cell.timings  # noqa: E731
+    notebook = f"bn backward {NOTEBOOK_SHAPE} float64: fused >="
     return [
-        _check(cells, f"bn backward {NOTEBOOK_SHAPE} float64: fused >= {GRAPH_SPEEDUP_BENCH:g}x "
-               "faster than the graph backward", "graph", has("graph"),
-               lambda c: _at_least(c, "graph", GRAPH_SPEEDUP_BENCH)),
-        _check(cells, f"bn backward {NOTEBOOK_SHAPE} float64: fused >= {SIMPLIFIED_SPEEDUP:g}x "
-               "faster than the NumPy simplified backward", "simplified", has("numpy"),
-               lambda c: _at_least(c, "numpy", SIMPLIFIED_SPEEDUP)),
+        _check(cells, f"{notebook} {GRAPH_SPEEDUP_BENCH:g}x faster than the graph backward", "graph",
+               _against("graph", _is_notebook_bn_backward), _at_least("graph", GRAPH_SPEEDUP_BENCH)),
+        _check(cells, f"{notebook} {SIMPLIFIED_SPEEDUP:g}x faster than the NumPy simplified backward",
+               "simplified", _against("numpy", _is_notebook_bn_backward),
+               _at_least("numpy", SIMPLIFIED_SPEEDUP)),
         _check(cells, "every cell: fastnorm faster than the NumPy reference", "numpy",
-               lambda c: "numpy" in c.timings, lambda c: _at_least(c, "numpy", 1.0)),
+               _against("numpy"), _at_least("numpy", 1.0)),
     ]
 
 
 def check_vs_torch(cells, copy_gbps: float) -> list[Verdict]:
     """Issue 5's targets."""
-    with_torch = lambda c: "torch" in c.timings  # noqa: E731
-    at_overhead = lambda c: c.case.shape == OVERHEAD_SHAPE  # noqa: E731
+    def large(cell) -> bool:
+        return cell.case.is_large
+
+    def near_copy(cell) -> bool:
+        return cell.gbps >= COPY_FRACTION * copy_gbps
+
+    overhead = f"{OVERHEAD_SHAPE[0]}x{OVERHEAD_SHAPE[1]}"
     return [
         _check(cells, "every cell: fastnorm time <= torch", "torch",
-               lambda c: with_torch(c) and not at_overhead(c), lambda c: _at_least(c, "torch", 1.0)),
+               _against("torch", lambda c: not _is_overhead(c)), _at_least("torch", 1.0)),
         _check(cells, f"arrays >= 16 MiB: >= {COPY_FRACTION:.0%} of the copy bandwidth", "bandwidth",
-               lambda c: c.case.is_large, lambda c: c.gbps >= COPY_FRACTION * copy_gbps),
-        _check(cells, f"per-call overhead at {OVERHEAD_SHAPE[0]}x{OVERHEAD_SHAPE[1]}: fastnorm <= torch's op call",
-               "overhead", lambda c: with_torch(c) and at_overhead(c), lambda c: _at_least(c, "torch", 1.0)),
+               large, near_copy),
+        _check(cells, f"per-call overhead at {overhead}: fastnorm <= torch's op call", "overhead",
+               _against("torch", _is_overhead), _at_least("torch", 1.0)),
         _check(cells, f"bn backward {NOTEBOOK_SHAPE} float64: fused >= {GRAPH_SPEEDUP_VS_TORCH:g}x "
                "faster than the graph backward", "graph",
-               lambda c: _is_notebook_bn_backward(c) and "graph" in c.timings,
-               lambda c: _at_least(c, "graph", GRAPH_SPEEDUP_VS_TORCH)),
+               _against("graph", _is_notebook_bn_backward), _at_least("graph", GRAPH_SPEEDUP_VS_TORCH)),
     ]

@@ -203,3 +203,21 @@ def test_bad_options_are_rejected(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *bad])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("op", suite.OPS)
+@pytest.mark.parametrize("dtype", suite.DTYPES)
+def test_contenders_compute_the_same_thing(op, dtype):
+    """Every anchor times the same computation as fastnorm (same outputs)."""
+    import numpy as np
+
+    case = suite.Case(op, (16, 7), dtype)
+    funcs = suite.contenders(case, suite.make_inputs(case.shape, dtype), suite.CONTENDERS)
+    assert ("graph" in funcs) == (op == "bn_bwd") and ("torch" in funcs) == HAS_TORCH
+    expected = funcs.pop("fastnorm")()
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for role, func in funcs.items():
+        result = [np.asarray(r) for r in func()]
+        count = 1 if op.endswith("fwd") else 3  # out; or dx, dgamma, dbeta
+        for got, want in zip(result[:count], expected[:count]):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=role)
