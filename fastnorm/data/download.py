@@ -102,7 +102,9 @@ def _extract(archive, dest, folder):
                 unsafe = [m.name for m in members if not (m.isfile() or m.isdir()) or ".." in m.name.split("/")]
                 if unsafe:
                     raise DownloadError(f"archive {archive} has unexpected entries {unsafe[:3]}")
-                tar.extractall(tmp, members=members, filter="data")
+                # the "data" filter (Python >= 3.10.12/3.11.4) refuses links and odd modes too
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(tmp, members=members, **safe)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DownloadError(f"archive {archive} could not be unpacked ({exc}); delete it and download again") from None
         if not _complete(os.path.join(tmp, FOLDER)):
