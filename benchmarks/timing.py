@@ -36,7 +36,8 @@ class Timing:
         return statistics.median(self.samples)
 
     def as_dict(self) -> dict:
-        return {"median_s": self.median, "samples_s": list(self.samples), "calls_per_sample": self.number}
+        return {"median_s": self.median, "min_s": min(self.samples), "max_s": max(self.samples),
+                "samples_s": list(self.samples), "calls_per_sample": self.number}
 
 
 @contextlib.contextmanager
