@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 NORM_TITLES = {"batchnorm": "Batch Normalization", "layernorm": "Layer Normalization"}
 
@@ -58,6 +59,7 @@ def _history_panel(ax, title, xlabel, ylabel, baseline, normed, key, bl_marker, 
         ax.plot(_values(model[key]), norm_marker, label=model["label"])
     ax.plot(_values(baseline[key]), bl_marker, label=baseline["label"])
     ax.legend(loc="lower center", ncol=len(normed) + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations and epochs are whole
 
 
 def _bn_vs_baseline(record: dict) -> Figure:

@@ -82,7 +82,7 @@ def _overview(records: list[dict]) -> list[str]:
             f"Dataset: {s['dataset']} (input dimension {s['input_dim']}, {s['num_classes']} classes, "
             f"{s['num_val']} validation samples); seed {s['seed']}; NumPy {env['numpy']}; "
             f"compiled kernels with OpenMP {'on' if env['openmp'] else 'off'}, "
-            f"{env['kernel_threads']} thread(s). Each model starts from the seed, so a baseline and a "
+            f"{env['kernel_threads']} thread(s); BLAS limited to {env.get('blas_threads', '?')} thread(s). Each model starts from the seed, so a baseline and a "
             f"normalized net of one experiment share their initial weights and minibatch order.", ""]
 
 
@@ -248,6 +248,7 @@ def _batch_size(record: dict, by_name: dict) -> list[str]:
         lines.append(f"- Final {what} accuracy with {kind}: {per_size} ({_trend(normed, values)}, "
                      f"spread {max(values) - min(values):.3f}); baseline at batch {base['batch_size']}: "
                      f"{_acc(_last(base[key]))}.")
+    lines.append(f"- One validation sample is {1 / record['settings']['num_val']:.3f} of validation accuracy.")
     small = normed[0]
     lines.append(f"- At the smallest batch ({small['batch_size']}) {kind} ends with validation accuracy "
                  f"{_acc(_last(small['val_acc_history']))}, {_compare(_last(small['val_acc_history']), _last(base['val_acc_history']))} "

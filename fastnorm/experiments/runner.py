@@ -16,11 +16,13 @@ import time
 import uuid
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .configs import ExperimentConfig, ModelSpec
 
 KERNEL_CHOICES = ("fast", "reference")
+BLAS_THREADS = 1
 LAST_LOSSES = 100  # the notebook's "final training loss" is the mean of the last 100 iterations
 
 
@@ -38,7 +40,7 @@ def run_experiment(config: ExperimentConfig, data: dict, *, seed: int, kernels=(
             for kind in kernels}
     bar = tqdm(total=len(specs) * len(kernels), desc=config.name, unit="model",
                disable=not progress, leave=False)
-    with _saved_global_rng(), bar:
+    with _saved_global_rng(), _one_blas_thread(), bar:
         _warm_up(config, subset, kernels)
         for spec in specs:
             for kind in kernels:
@@ -95,7 +97,8 @@ def environment() -> dict:
     """What the timings depend on."""
     import fastnorm
     return {"numpy": np.__version__, "fastnorm": fastnorm.__version__,
-            "openmp": bool(fastnorm.openmp_enabled()), "kernel_threads": fastnorm.get_num_threads()}
+            "openmp": bool(fastnorm.openmp_enabled()), "kernel_threads": fastnorm.get_num_threads(),
+            "blas_threads": BLAS_THREADS}
 
 
 def train_model(spec: ModelSpec, config: ExperimentConfig, subset: dict, *, seed: int,
@@ -141,6 +144,13 @@ def histories(solver) -> dict:
             "best_val_acc": float(solver.best_val_acc),
             "best_train_acc": max(train_acc, default=float("nan")),
             "final_train_loss": float(np.mean(finite_tail)) if finite_tail else float("nan")}
+
+
+def _one_blas_thread():
+    """The nets' matrix products are small (batch x 100): a second BLAS thread
+    gains nothing there, and on a busy 2-core machine it made training several
+    times slower and the timings erratic. The kernels keep their own threads."""
+    return threadpool_limits(limits=BLAS_THREADS, user_api="blas")
 
 
 @contextlib.contextmanager
