@@ -35,7 +35,7 @@ pickled dict:
     model             the model object (params, bn_params with running stats, dropout_param)
     update_rule       the rule's name in fastnorm.optim (or the callable)
     optim_config, lr_decay, batch_size, num_epochs, num_train_samples,
-    num_val_samples, print_every, verbose      the Solver's settings
+    num_val_samples, checkpoint_name, print_every, verbose   the Solver's settings
     optim_configs     per parameter: the rule's state (velocity, m, v, t, decayed learning_rate)
     epoch, iteration  epochs finished, iterations done (the next one is iteration + 1)
     loss_history, train_acc_history, val_acc_history, best_val_acc, best_params
@@ -47,6 +47,9 @@ same losses, bit for bit), on the same data:
     solver = Solver.from_checkpoint("run_epoch_3.pkl", data)          # model and settings from the file
     solver = Solver.from_checkpoint(path, data, num_epochs=20)        # keywords override the settings
     solver.train()
+
+The resumed solver keeps writing checkpoints under the saved checkpoint_name
+unless given another one (``checkpoint_name=None`` turns them off).
 
 or, with a model and solver you built with the same settings,
 ``solver.restore(path_or_dict)`` then ``solver.train()``. NumPy's global
@@ -66,7 +69,7 @@ import sys
 import tempfile
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import optim
 from ._validate import as_real_array
@@ -91,7 +94,7 @@ _DEFAULTS = {
     "progress": None,
 }
 _SETTINGS = ("optim_config", "lr_decay", "batch_size", "num_epochs", "num_train_samples",
-             "num_val_samples", "print_every", "verbose")
+             "num_val_samples", "checkpoint_name", "print_every", "verbose")
 
 
 def _int_at_least(name, value, low, allow_none=False):
@@ -153,6 +156,9 @@ class Solver:
         optim_config = {} if opts["optim_config"] is None else opts["optim_config"]
         if not isinstance(optim_config, dict):
             raise TypeError(f"optim_config must be a dict, got {type(optim_config).__name__}")
+        if isinstance(self._rule_name, str):  # a bad hyperparameter fails now, not mid-update
+            scalars = {k: v for k, v in optim_config.items() if not isinstance(v, np.ndarray)}
+            self.update_rule(np.zeros(1), np.zeros(1), scalars)
         lr_decay = opts["lr_decay"]
         if isinstance(lr_decay, bool) or not isinstance(lr_decay, numbers.Real) or not (
                 np.isfinite(lr_decay) and lr_decay > 0):

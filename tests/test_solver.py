@@ -128,6 +128,9 @@ def test_resume_is_bit_for_bit(digits, tmp_path):
     for p_full, p_res in zip(full.model.bn_params, resumed.model.bn_params):
         np.testing.assert_array_equal(p_full["running_var"], p_res["running_var"])
     assert sorted(os.listdir(tmp_path / "b")) == ["run_epoch_3.pkl", "run_epoch_4.pkl"]
+    # without an override the saved checkpoint_name is kept
+    again = Solver.from_checkpoint(checkpoint, small(digits, 300, 100), verbose=False)
+    assert again.checkpoint_name == str(tmp_path / "a" / "run")
 
 
 def test_restore_into_a_new_model_and_solver(digits, tmp_path):
@@ -245,6 +248,8 @@ def test_unknown_keyword_and_rule(digits):
         Solver(bn_model(), small(digits), update_rule="adamw")
     with pytest.raises(ValueError, match="batch_size"):
         Solver(bn_model(), small(digits), batch_size=0)
+    with pytest.raises(ValueError, match="beta1"):
+        Solver(bn_model(), small(digits), update_rule="adam", optim_config={"beta1": 2})
 
 
 def test_defaults_are_the_notebooks(digits):

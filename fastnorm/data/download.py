@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .cifar10 import FOLDER, TEST_BATCH, TRAIN_BATCHES, default_data_dir
 
