@@ -19,8 +19,8 @@ def add_parser(subparsers):
 
     dl = actions.add_parser("download", help="download, verify (MD5) and extract CIFAR-10")
     dl.add_argument("--dest", default=None,
-                    help="folder for the archive and cifar-10-batches-py (default: %(default)s -> "
-                         "$FASTNORM_DATA_DIR or ~/.cache/fastnorm)")
+                    help="folder for the archive and cifar-10-batches-py "
+                         "(default: $FASTNORM_DATA_DIR, else ~/.cache/fastnorm)")
     dl.add_argument("--url", default=download.CIFAR10_URL, help="archive URL (default: the official one)")
     dl.add_argument("--md5", default=download.CIFAR10_MD5, help="expected MD5 of the archive")
     dl.add_argument("--retries", type=int, default=3, help="further attempts after a failure (default: 3)")
