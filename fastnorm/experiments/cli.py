@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .configs import EXPERIMENTS
 
 DEFAULT_OUT = "experiments-out"
@@ -108,7 +110,7 @@ def load_dataset(dataset: str, data_dir: Path | None, download: bool) -> dict:
         return data.get_digits_data()
     root = _cifar10_folder(Path(data_dir or data.default_data_dir()), download)
     try:
-        return data.get_CIFAR10_data(root=root)
+        return data.get_CIFAR10_data(root=root, dtype=np.float32)  # the models are float32
     except (FileNotFoundError, ValueError) as error:
         raise DataError(str(error)) from None
 
