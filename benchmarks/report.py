@@ -137,6 +137,13 @@ def _graph_lines(run: Run) -> list[str]:
             for c in run.cells if "graph" in c.timings and run.kind == "vs-torch"]
 
 
+def _clock_line(run: Run) -> str:
+    if run.settings["clock"] == "wall":
+        return "Times are wall time."
+    return ("Times: CPU time of the process for 1-thread cells (steady when other processes share "
+            "the cores), wall time for more threads.")
+
+
 def text_report(run: Run) -> str:
     """The table, the copy bandwidth, and a line per target."""
     headers, rows = matrix_rows(run) if run.kind == "vs-torch" else bench_rows(run)
@@ -144,8 +151,10 @@ def text_report(run: Run) -> str:
         f"fastnorm {run.kind}: {machine.one_line(run.info)}",
         f"median of {run.settings['repeat']} interleaved runs per contender; 'vs X' = X's time / "
         f"fastnorm's (>1: fastnorm faster); {MISS_MARK} marks a missed target",
-        f"copy bandwidth (np.copyto, {run.copy_bytes / 2**20:.0f} MiB, same run): {run.copy_gbps:.1f} GB/s; "
+        f"copy bandwidth (np.copyto of {run.copy_bytes / 2**20:.0f} MiB, one thread, before and after "
+        f"the cells): {run.copy_gbps:.1f} GB/s; "
         f"GB/s of arrays >= 16 MiB count the minimum traffic (fwd 2x, bwd 3x the array)",
+        _clock_line(run),
         *filter(None, [machine.load_note(run.info)]),
         "",
         format_table(headers, rows),
@@ -164,11 +173,13 @@ def markdown_report(run: Run) -> str:
     return "\n".join([
         f"Machine: {machine.one_line(run.info)}. Copy bandwidth {run.copy_gbps:.1f} GB/s.",
         f"Median of {run.settings['repeat']} interleaved runs; 'vs X' = X's time / fastnorm's; "
-        f"{MISS_MARK} = target missed.",
+        f"{MISS_MARK} = target missed. {_clock_line(run)}",
         *filter(None, [machine.load_note(run.info)]),
         "",
         format_table(headers, rows, markdown=True),
-    ])
+        "",
+        *_graph_lines(run),
+    ]).rstrip()
 
 
 # -- files ------------------------------------------------------------------------------------

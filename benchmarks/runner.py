@@ -18,6 +18,7 @@ class Cell:
     case: suite.Case
     threads: int
     timings: dict[str, timing.Timing]
+    clock: str = "wall"  # a key of timing.CLOCKS
     misses: list[str] = field(default_factory=list)
 
     def seconds(self, role: str) -> float | None:
@@ -41,6 +42,7 @@ class Cell:
             "shape": list(case.shape),
             "dtype": case.dtype,
             "threads": self.threads,
+            "clock": self.clock,
             "bytes": case.nbytes,
             "traffic_bytes": case.traffic,
             "large": case.is_large,
@@ -64,11 +66,13 @@ def thread_count(n: int, with_torch: bool):
         yield
 
 
-def run_cell(case, inputs, roles, threads: int, repeat: int, min_time: float) -> Cell:
+def run_cell(case, inputs, roles, threads: int, repeat: int, min_time: float,
+             clock_mode: str = "auto") -> Cell:
     funcs = suite.contenders(case, inputs, roles)
+    clock = timing.clock_for(clock_mode, threads)
     with thread_count(threads, "torch" in funcs):
-        timings = timing.interleaved(funcs, repeat, min_time)
-    return Cell(case, threads, timings)
+        timings = timing.interleaved(funcs, repeat, min_time, timing.CLOCKS[clock])
+    return Cell(case, threads, timings, clock)
 
 
 def _progress(total: int, enabled: bool):
@@ -84,6 +88,7 @@ def run_cells(
     roles_of: Callable[[suite.Case], tuple[str, ...]],
     repeat: int,
     min_time: float,
+    clock_mode: str = "auto",
     progress: bool = True,
 ) -> list[Cell]:
     """Every case at every thread count; inputs are built once per (shape, dtype)."""
@@ -94,7 +99,8 @@ def run_cells(
             inputs = suite.make_inputs(shape, dtype)
             for case, threads in itertools.product(list(group), thread_counts):
                 bar.set_description(f"{case.op} {case.shape_text} {dtype} {threads}t")
-                cells.append(run_cell(case, inputs, roles_of(case), threads, repeat, min_time))
+                cells.append(run_cell(case, inputs, roles_of(case), threads, repeat, min_time,
+                                      clock_mode))
                 bar.update()
             del inputs  # free the big arrays before the next shape
     return cells

@@ -21,6 +21,19 @@ import numpy as np
 
 Clock = Callable[[], float]
 
+# Wall time is what a caller waits. On a shared machine it also counts the time
+# other processes hold the core; CPU time of the process does not, which makes
+# it the steadier clock for single-threaded work (it would count the spinning
+# of idle OpenMP workers, and double-count parallel work, so never for threads > 1).
+CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def clock_for(mode: str, threads: int) -> str:
+    """The clock a cell uses: mode 'wall', or 'auto' (CPU time on one thread, else wall)."""
+    if mode not in ("auto", "wall"):
+        raise ValueError(f"clock mode must be 'auto' or 'wall', got {mode!r}")
+    return "cpu" if mode == "auto" and threads == 1 else "wall"
+
 MAX_NUMBER = 1_000_000  # calls per sample: a cap for callables faster than the clock
 
 

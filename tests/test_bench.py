@@ -91,6 +91,14 @@ def test_interleaved_needs_a_round():
         timing.interleaved({"a": lambda: None}, repeat=0, min_time=0.0)
 
 
+def test_one_thread_cells_take_the_cpu_clock_unless_wall_is_asked():
+    assert timing.clock_for("auto", 1) == "cpu"
+    assert timing.clock_for("auto", 2) == "wall"
+    assert timing.clock_for("wall", 1) == "wall"
+    with pytest.raises(ValueError, match="clock mode"):
+        timing.clock_for("cpu", 2)
+
+
 def test_gb_per_s_and_copy_bandwidth():
     assert timing.gb_per_s(3_000_000_000, 1.5) == pytest.approx(2.0)
     gbps, t = timing.copy_bandwidth(2**20, repeat=2)
@@ -158,6 +166,7 @@ def test_bench_command_writes_table_json_and_chart(tmp_path, capsys):
     assert len(data["cells"]) == 2 * len(suite.OPS) * 2  # dtypes x ops x thread counts
     for cell in data["cells"]:
         assert cell["shape"] == [4, 5] and cell["threads"] in (1, 2)
+        assert cell["clock"] == ("cpu" if cell["threads"] == 1 else "wall")
         assert {"fastnorm", "numpy"} <= set(cell["times"])
         assert ("graph" in cell["times"]) == (cell["op"] == "bn_bwd")
         assert ("torch" in cell["times"]) == HAS_TORCH
@@ -169,9 +178,11 @@ def test_bench_command_writes_table_json_and_chart(tmp_path, capsys):
 
 
 def test_bench_without_torch_has_no_torch_column_values(tmp_path):
-    assert main(["bench", *TINY, "--ops", "ln_bwd", "--no-torch", "--out", str(tmp_path)]) == 0
+    args = ["bench", *TINY, "--ops", "ln_bwd", "--no-torch", "--clock", "wall", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
     data, _ = _read_run(tmp_path, "bench")
-    assert data["machine"]["torch"] is None
+    assert data["machine"]["torch"] is None and data["settings"]["clock"] == "wall"
+    assert [cell["clock"] for cell in data["cells"]] == ["wall", "wall"]
     assert all(set(cell["times"]) == {"fastnorm", "numpy"} for cell in data["cells"])
 
 
@@ -198,7 +209,7 @@ def test_vs_torch_without_torch_says_how_to_get_it(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("bad", [["--shapes", "4by5"], ["--shapes", "1x5"], ["--threads", "0"],
-                                 ["--dtypes", "float16"], ["--ops", "bn_fwd,softmax"]])
+                                 ["--dtypes", "float16"], ["--ops", "bn_fwd,softmax"], ["--clock", "cpu"]])
 def test_bad_options_are_rejected(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *bad])
