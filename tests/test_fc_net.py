@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastnorm as fn
 from fastnorm import FullyConnectedNet
@@ -103,6 +105,28 @@ def test_fast_and_reference_agree(normalization):
         for key in set(pf) & {"running_mean", "running_var"}:
             np.testing.assert_allclose(pf[key], pr[key], rtol=1e-12)
     np.testing.assert_allclose(fast.loss(X), ref.loss(X), rtol=1e-10, atol=1e-13)
+
+
+@settings(max_examples=25, deadline=None)
+@given(hidden=st.lists(st.integers(1, 9), max_size=3), n=st.integers(2, 7), d=st.integers(1, 8),
+       c=st.integers(2, 6), normalization=st.sampled_from(NORMS), keep=st.sampled_from([1, 0.7]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 1000))
+def test_any_architecture_fast_matches_reference(hidden, n, d, c, normalization, keep, dtype, seed):
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((n, d)), rng.integers(c, size=n)
+    models = []
+    for kernels in KERNELS:
+        np.random.seed(seed)
+        models.append(FullyConnectedNet(hidden, input_dim=d, num_classes=c, normalization=normalization,
+                                        dropout_keep_ratio=keep, seed=seed, reg=0.1, weight_scale=0.3,
+                                        dtype=dtype, kernels=kernels))
+    (loss_f, grads_f), (loss_r, grads_r) = (m.loss(X, y) for m in models)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    assert np.isfinite(loss_f) and loss_f == pytest.approx(loss_r, rel=tol)
+    assert sorted(grads_f) == sorted(models[0].params)
+    for name, g in grads_f.items():
+        assert g.shape == models[0].params[name].shape and g.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(g, grads_r[name], rtol=tol * 10, atol=tol, err_msg=name)
 
 
 # ---------------------------------------------------------------- construction
