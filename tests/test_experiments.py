@@ -182,7 +182,8 @@ def fake_record(name, models, normalization="batchnorm"):
     settings = {**config.to_dict(), "normalization": normalization, "dataset": "digits", "seed": 0,
                 "quick": False, "input_dim": 64, "num_classes": 10, "num_val": 250}
     return {"experiment": name, "settings": json.loads(json.dumps(settings)),
-            "environment": {"numpy": "x", "fastnorm": "x", "openmp": True, "kernel_threads": 2},
+            "environment": {"numpy": "x", "fastnorm": "x", "openmp": True, "kernel_threads": 2,
+                            "blas_threads": 1},
             "runs": {"fast": {"kernels": "fast", "run_id": "r", "wall_time_s": 2.0, "models": models}}}
 
 

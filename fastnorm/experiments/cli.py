@@ -54,8 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "reference, or both in turn to measure the speed-up")
     parser.add_argument("--quick", action="store_true",
                         help="fewer epochs, a coarser weight-scale sweep, fewer samples")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                        default=None, help="no progress bars (default: shown when stderr is a terminal)")
     parser.set_defaults(func=run)
     return parser
 

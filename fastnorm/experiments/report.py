@@ -77,13 +77,23 @@ def _last(history: list) -> float:
 def _overview(records: list[dict]) -> list[str]:
     if not records:
         return ["No experiment records were found.", ""]
-    s, env = records[0]["settings"], records[0]["environment"]
-    return [f"Written {time.strftime('%Y-%m-%d %H:%M')} from the records in this folder. "
-            f"Dataset: {s['dataset']} (input dimension {s['input_dim']}, {s['num_classes']} classes, "
-            f"{s['num_val']} validation samples); seed {s['seed']}; NumPy {env['numpy']}; "
-            f"compiled kernels with OpenMP {'on' if env['openmp'] else 'off'}, "
-            f"{env['kernel_threads']} thread(s); BLAS limited to {env.get('blas_threads', '?')} thread(s). Each model starts from the seed, so a baseline and a "
-            f"normalized net of one experiment share their initial weights and minibatch order.", ""]
+    env = records[0]["environment"]
+    return [f"Written {time.strftime('%Y-%m-%d %H:%M')} from the {len(records)} experiment record(s) "
+            f"in this folder. {_data_sentence(records)} NumPy {env['numpy']}; compiled kernels with "
+            f"OpenMP {'on' if env['openmp'] else 'off'}, {env['kernel_threads']} thread(s); BLAS "
+            f"limited to {env['blas_threads']} thread(s). Each model starts from the seed, so the "
+            f"baseline and the normalized nets of an experiment share their initial weights and "
+            f"minibatch order.", ""]
+
+
+def _data_sentence(records: list[dict]) -> str:
+    keys = ("dataset", "input_dim", "num_classes", "num_val", "seed")
+    distinct = {tuple(r["settings"][k] for k in keys) for r in records}
+    if len(distinct) > 1:
+        return "The records differ in dataset or seed: each section states its own."
+    s = records[0]["settings"]
+    return (f"Dataset: {s['dataset']} (input dimension {s['input_dim']}, {s['num_classes']} classes, "
+            f"{s['num_val']} validation samples); seed {s['seed']}.")
 
 
 def _timing(records: list[dict]) -> list[str]:
@@ -160,6 +170,7 @@ def _section(record: dict, by_name: dict) -> list[str]:
     lines = [f"## {TITLES[name]} (`{name}`)", "", f"![{name}]({name}.png)", "",
              f"Hidden layers {list(s['hidden_dims'])}, {s['update_rule']} with learning rate "
              f"{s['learning_rate']:.2g}, {s['num_epochs']} epochs on {s['num_train']} training samples "
+             f"of {s['dataset']}, seed {s['seed']} "
              f"({'--quick settings' if s['quick'] else 'the notebook settings'}).", ""]
     body = {"bn-vs-baseline": _bn_vs_baseline, "weight-scale": _weight_scale,
             "batch-size": _batch_size, "layernorm-batch-size": _batch_size}[name]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import sys
 import uuid
 
 import numpy as np
@@ -27,14 +28,18 @@ LAST_LOSSES = 100  # the notebook's "final training loss" is the mean of the las
 
 
 def run_experiment(config: ExperimentConfig, data: dict, *, seed: int, kernels=("fast",),
-                   dataset: str = "digits", quick: bool = False, progress: bool = True) -> dict:
+                   dataset: str = "digits", quick: bool = False, progress: bool | None = None) -> dict:
     """Train every model of `config` once per entry of `kernels`; the experiment's record.
+
+    progress: bars over the models and each model's iterations; None shows them
+    when stderr is a terminal.
 
     With several kernel sets each model is trained on all of them in turn before
     the next model starts, so slow drifts of the machine's speed hit both alike.
     """
     subset = training_subset(data, config.num_train)
     specs = config.models()
+    progress = sys.stderr.isatty() if progress is None else bool(progress)
     run_id = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{uuid.uuid4().hex[:6]}"  # shared: timed side by side
     runs = {kind: {"kernels": kind, "run_id": run_id, "wall_time_s": 0.0, "models": []}
             for kind in kernels}
