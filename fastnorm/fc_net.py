@@ -150,7 +150,9 @@ class FullyConnectedNet:
         mode = "test" if y is None else "train"
         for bn_param in self.bn_params:
             bn_param["mode"] = mode
-        drop = dict(self.dropout_param, mode=mode)
+        if self.use_dropout:
+            self.dropout_param["mode"] = mode
+        drop = dict(self.dropout_param)  # per call: the seeded generator must not persist
         if "seed" in drop:
             drop["rng"] = np.random.default_rng(drop.pop("seed"))
 
