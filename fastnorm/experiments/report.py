@@ -209,9 +209,11 @@ def _weight_scale(record: dict, by_name: dict) -> list[str]:
     base, bn = _models(record)
     chance = 1 / record["settings"]["num_classes"]
     level = TRAINS_FACTOR * chance
+    iterations = max(len(m["loss_history"]) for m in bn)
     lines = [f"A model counts as training when its best training accuracy reaches {level:.2f} "
              f"({TRAINS_FACTOR}x chance), over {len(bn)} weight scales from {_scale(bn[0]['weight_scale'])} "
-             f"to {_scale(bn[-1]['weight_scale'])}.", ""]
+             f"to {_scale(bn[-1]['weight_scale'])}. The final training loss is the mean over the last "
+             f"{min(100, iterations)} of {iterations} iterations.", ""]
     for label, models in (("baseline", base), ("batchnorm", bn)):
         lines.append(f"- {label}: " + _trains_sentence(models, level))
     for label, models in (("baseline", base), ("batchnorm", bn)):
@@ -237,6 +239,8 @@ def _contiguous(models: list[dict], chosen: list[float]) -> bool:
 
 def _best_at(models: list[dict]) -> str:
     accs = np.array([_num(m["best_val_acc"]) for m in models])
+    if np.all(np.isnan(accs)):
+        return "not measured (every run stopped before its first check)"
     i = int(np.nanargmax(accs))
     return (f"{_acc(accs[i])} at weight scale {_scale(models[i]['weight_scale'])}, ranging from "
             f"{_acc(np.nanmin(accs))} to {_acc(accs[i])} over the sweep")
