@@ -27,7 +27,8 @@ Checkpoints
 With ``checkpoint_name``, every accuracy check (iteration 1 and each epoch end)
 writes ``f"{checkpoint_name}_epoch_{epoch}.pkl"`` atomically: a temporary file
 in the same folder, flushed and fsynced, then ``os.replace``. A crash leaves
-either the previous file or the new one, never a partial file. The file is a
+either the previous file or the new one, never a partial ``.pkl`` (a process
+killed mid-write may leave a stray ``*.tmp``, which is never read). The file is a
 pickled dict:
 
     format            "fastnorm-solver-checkpoint" (CHECKPOINT_FORMAT)
@@ -51,7 +52,8 @@ same losses, bit for bit), on the same data:
 The resumed solver keeps writing checkpoints under the saved checkpoint_name
 unless given another one (``checkpoint_name=None`` turns them off).
 
-or, with a model and solver you built with the same settings,
+``Solver.latest_checkpoint(checkpoint_name)`` finds the newest file of a run
+(None when there is none). Or, with a model and solver you built with the same settings,
 ``solver.restore(path_or_dict)`` then ``solver.train()``. NumPy's global
 generator is set to the saved state when train() starts. A loss or gradient
 that becomes NaN or infinite stops training with a FloatingPointError naming
@@ -350,6 +352,19 @@ class Solver:
                 os.remove(tmp)
             raise
         self.last_checkpoint = path
+
+    @staticmethod
+    def latest_checkpoint(checkpoint_name):
+        """Path of the highest-epoch ``{checkpoint_name}_epoch_{k}.pkl`` on disk, or None."""
+        name = os.fspath(checkpoint_name)
+        folder = os.path.dirname(name) or "."
+        prefix = os.path.basename(name) + "_epoch_"
+        epochs = []
+        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+            k = entry[len(prefix):-len(".pkl")]
+            if entry.startswith(prefix) and entry.endswith(".pkl") and k.isdigit():
+                epochs.append(int(k))
+        return f"{name}_epoch_{max(epochs)}.pkl" if epochs else None
 
     @staticmethod
     def load_checkpoint(path):

@@ -114,6 +114,8 @@ def test_resume_is_bit_for_bit(digits, tmp_path):
     (tmp_path / "a").mkdir()
     full.train()
     checkpoint = tmp_path / "a" / "run_epoch_2.pkl"
+    assert Solver.latest_checkpoint(tmp_path / "a" / "run") == str(tmp_path / "a" / "run_epoch_4.pkl")
+    assert Solver.latest_checkpoint(tmp_path / "a" / "other") is None
 
     np.random.seed(999)  # whatever happened since: the checkpoint's RNG state is used
     (tmp_path / "b").mkdir()
