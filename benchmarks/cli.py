@@ -1,6 +1,6 @@
 """`fastnorm bench` and `fastnorm bench --vs-torch`.
 
-    fastnorm bench                 fastnorm vs NumPy (graph and simplified) and torch, a sweep of shapes
+    fastnorm bench                 fastnorm vs NumPy (graph, simplified) and torch over a sweep of shapes
     fastnorm bench --vs-torch      issue 5's matrix against PyTorch at 1 and 2 threads
     fastnorm bench --quick         fewer, shorter samples
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 DEFAULT_OUT = "bench-out"
 REPEAT, QUICK_REPEAT = 5, 3
 MIN_TIME_MS, QUICK_MIN_TIME_MS = 5.0, 1.0
+BUDGET_S, QUICK_BUDGET_S = 3.0, 1.0  # per cell: slow NumPy contenders on big arrays get fewer rounds
 COPY_MIN_BYTES = 64 * 2**20
 
 
@@ -62,15 +63,20 @@ def add_parser(subparsers) -> None:
                         help="issue 5's matrix: fastnorm vs PyTorch's kernels at 1 and 2 threads")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPEAT} runs of >= {QUICK_MIN_TIME_MS:g} ms per contender")
-    parser.add_argument("--repeat", type=int, help=f"interleaved runs per contender (default {REPEAT})")
+    parser.add_argument("--repeat", type=int,
+                        help=f"interleaved runs per contender (default {REPEAT}, at least 3 within --budget)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help=f"time per cell past which runs are cut (default {BUDGET_S:g} s; 0: no limit)")
     parser.add_argument("--min-time", type=float, metavar="MS",
                         help=f"least duration of one timed sample (default {MIN_TIME_MS:g} ms)")
     parser.add_argument("--threads", type=_int_list, metavar="N[,N...]",
-                        help="thread counts (default: fastnorm's for bench, 1,2 for --vs-torch)")
+                        help="thread counts (default: 1 for bench, where NumPy is single-threaded; "
+                             "1,2 for --vs-torch)")
     parser.add_argument("--shapes", type=_shape_list, metavar="NxD[,NxD...]", help="replace the shapes")
     parser.add_argument("--dtypes", type=_choice_list(DTYPES), metavar="DTYPE[,...]",
                         help=f"subset of {','.join(DTYPES)}")
-    parser.add_argument("--ops", type=_choice_list(OPS), metavar="OP[,...]", help=f"subset of {','.join(OPS)}")
+    parser.add_argument("--ops", type=_choice_list(OPS), metavar="OP[,...]",
+                        help=f"subset of {','.join(OPS)}")
     parser.add_argument("--clock", choices=("auto", "wall"), default="auto",
                         help="auto (default): the process's CPU time for 1-thread cells, steady on a "
                              "shared machine, wall time for more threads; wall: wall time everywhere")
@@ -84,17 +90,17 @@ def add_parser(subparsers) -> None:
 
 def _settings(args) -> dict:
     """The run's parameters, defaults filled in."""
-    import fastnorm
-
     from . import suite
 
     vs_torch = args.vs_torch
+    budget = args.budget if args.budget is not None else QUICK_BUDGET_S if args.quick else BUDGET_S
     default_shapes = (suite.MATRIX_SHAPES + (suite.OVERHEAD_SHAPE,)) if vs_torch else suite.sweep_shapes()
     return {
         "repeat": args.repeat or (QUICK_REPEAT if args.quick else REPEAT),
         "min_time_s": (args.min_time if args.min_time is not None
                        else QUICK_MIN_TIME_MS if args.quick else MIN_TIME_MS) / 1e3,
-        "threads": args.threads or ([1, 2] if vs_torch else [fastnorm.get_num_threads()]),
+        "budget_s": budget or None,
+        "threads": args.threads or ([1, 2] if vs_torch else [1]),
         "shapes": [list(s) for s in (args.shapes or default_shapes)],
         "dtypes": args.dtypes or list(suite.DTYPES),
         "ops": args.ops or list(suite.OPS),
@@ -142,8 +148,8 @@ def measure(args):
     cases = suite.cases([tuple(s) for s in settings["shapes"]], settings["dtypes"], settings["ops"])
     # copy bandwidth before and after the cells, pooled: drift over the run shows in both
     copy_bytes, copy_samples = _copy_bandwidth(settings["repeat"], args.clock)
-    cells = runner.run_cells(cases, settings["threads"], _roles_of(args.vs_torch, with_torch),
-                             settings["repeat"], settings["min_time_s"], args.clock,
+    plan = runner.Plan(settings["repeat"], settings["min_time_s"], settings["budget_s"], args.clock)
+    cells = runner.run_cells(cases, settings["threads"], _roles_of(args.vs_torch, with_torch), plan,
                              progress=not args.no_progress)
     copy_samples += _copy_bandwidth(settings["repeat"], args.clock)[1]
     copy_gbps = timing.gb_per_s(2 * copy_bytes, statistics.median(copy_samples))

@@ -74,6 +74,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
     def render(cols) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
 
@@ -108,7 +109,7 @@ def _by_case(cells) -> dict:
     return grouped
 
 
-def matrix_rows(run: Run, markdown: bool = False) -> tuple[list[str], list[list[str]]]:
+def matrix_rows(run: Run) -> tuple[list[str], list[list[str]]]:
     """One row per case, a group of columns per thread count: fastnorm, torch, the
     speedup over torch, GB/s for large arrays."""
     thread_counts = sorted({cell.threads for cell in run.cells})
@@ -137,6 +138,13 @@ def _graph_lines(run: Run) -> list[str]:
             for c in run.cells if "graph" in c.timings and run.kind == "vs-torch"]
 
 
+def _rounds_text(run: Run) -> str:
+    """'5', or '3-5' when the time budget cut the rounds of slow cells."""
+    counts = {len(t.samples) for cell in run.cells for t in cell.timings.values()}
+    low, high = min(counts, default=0), max(counts, default=0)
+    return str(high) if low == high else f"{low}-{high}"
+
+
 def _clock_line(run: Run) -> str:
     if run.settings["clock"] == "wall":
         return "Times are wall time."
@@ -149,7 +157,7 @@ def text_report(run: Run) -> str:
     headers, rows = matrix_rows(run) if run.kind == "vs-torch" else bench_rows(run)
     parts = [
         f"fastnorm {run.kind}: {machine.one_line(run.info)}",
-        f"median of {run.settings['repeat']} interleaved runs per contender; 'vs X' = X's time / "
+        f"median of {_rounds_text(run)} interleaved runs per contender; 'vs X' = X's time / "
         f"fastnorm's (>1: fastnorm faster); {MISS_MARK} marks a missed target",
         f"copy bandwidth (np.copyto of {run.copy_bytes / 2**20:.0f} MiB, one thread, before and after "
         f"the cells): {run.copy_gbps:.1f} GB/s; "
@@ -172,7 +180,7 @@ def markdown_report(run: Run) -> str:
     headers, rows = matrix_rows(run) if run.kind == "vs-torch" else bench_rows(run)
     return "\n".join([
         f"Machine: {machine.one_line(run.info)}. Copy bandwidth {run.copy_gbps:.1f} GB/s.",
-        f"Median of {run.settings['repeat']} interleaved runs; 'vs X' = X's time / fastnorm's; "
+        f"Median of {_rounds_text(run)} interleaved runs; 'vs X' = X's time / fastnorm's; "
         f"{MISS_MARK} = target missed. {_clock_line(run)}",
         *filter(None, [machine.load_note(run.info)]),
         "",

@@ -66,12 +66,21 @@ def thread_count(n: int, with_torch: bool):
         yield
 
 
-def run_cell(case, inputs, roles, threads: int, repeat: int, min_time: float,
-             clock_mode: str = "auto") -> Cell:
+@dataclass(frozen=True)
+class Plan:
+    """How each cell is timed (see timing.interleaved)."""
+
+    repeat: int
+    min_time: float  # seconds per sample, at least
+    budget: float | None = None  # seconds per cell, past which rounds are cut
+    clock_mode: str = "auto"  # see timing.clock_for
+
+
+def run_cell(case, inputs, roles, threads: int, plan: Plan) -> Cell:
     funcs = suite.contenders(case, inputs, roles)
-    clock = timing.clock_for(clock_mode, threads)
+    clock = timing.clock_for(plan.clock_mode, threads)
     with thread_count(threads, "torch" in funcs):
-        timings = timing.interleaved(funcs, repeat, min_time, timing.CLOCKS[clock])
+        timings = timing.interleaved(funcs, plan.repeat, plan.min_time, timing.CLOCKS[clock], plan.budget)
     return Cell(case, threads, timings, clock)
 
 
@@ -86,9 +95,7 @@ def run_cells(
     cases: list[suite.Case],
     thread_counts: Iterable[int],
     roles_of: Callable[[suite.Case], tuple[str, ...]],
-    repeat: int,
-    min_time: float,
-    clock_mode: str = "auto",
+    plan: Plan,
     progress: bool = True,
 ) -> list[Cell]:
     """Every case at every thread count; inputs are built once per (shape, dtype)."""
@@ -99,8 +106,7 @@ def run_cells(
             inputs = suite.make_inputs(shape, dtype)
             for case, threads in itertools.product(list(group), thread_counts):
                 bar.set_description(f"{case.op} {case.shape_text} {dtype} {threads}t")
-                cells.append(run_cell(case, inputs, roles_of(case), threads, repeat, min_time,
-                                      clock_mode))
+                cells.append(run_cell(case, inputs, roles_of(case), threads, plan))
                 bar.update()
             del inputs  # free the big arrays before the next shape
     return cells

@@ -33,8 +33,8 @@ class Verdict:
         if self.checked == 0:
             return f"[ -- ] {self.target}: not measured in this run"
         state = "PASS" if self.passed else "MISS"
-        tail = f" ({len(self.missed)} of {self.checked} cells miss)" if self.missed else f" ({self.checked} cells)"
-        return f"[{state}] {self.target}{tail}"
+        count = f"{len(self.missed)} of {self.checked} cells miss" if self.missed else f"{self.checked} cells"
+        return f"[{state}] {self.target} ({count})"
 
     def as_dict(self) -> dict:
         return {"target": self.target, "checked": self.checked, "passed": self.passed,

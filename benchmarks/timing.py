@@ -35,6 +35,7 @@ def clock_for(mode: str, threads: int) -> str:
     return "cpu" if mode == "auto" and threads == 1 else "wall"
 
 MAX_NUMBER = 1_000_000  # calls per sample: a cap for callables faster than the clock
+MIN_ROUNDS = 3  # a time budget never cuts a median below this many samples
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,26 @@ def time_calls(func: Callable[[], object], number: int, clock: Clock = time.perf
     return clock() - start
 
 
-def calibrate(func: Callable[[], object], min_time: float, clock: Clock = time.perf_counter) -> int:
-    """The number of calls that makes one sample last at least min_time seconds."""
+def calibrate(func: Callable[[], object], min_time: float,
+              clock: Clock = time.perf_counter) -> tuple[int, float]:
+    """The number of calls that makes one sample last at least min_time seconds,
+    and the seconds per call seen on the way."""
     number = 1
-    while number < MAX_NUMBER:
+    while True:
         elapsed = time_calls(func, number, clock)
-        if elapsed >= min_time:
-            break
+        if elapsed >= min_time or number >= MAX_NUMBER:
+            return number, elapsed / number
         # grow toward the target in one step when the estimate is usable, else double
         estimate = int(number * min_time / elapsed * 1.1) + 1 if elapsed > 0 else 0
         number = min(MAX_NUMBER, max(2 * number, estimate))
-    return number
+
+
+def rounds_within(repeat: int, budget: float | None, round_seconds: float) -> int:
+    """Rounds to run: `repeat`, or fewer (never under MIN_ROUNDS) when that many
+    rounds would take longer than `budget` seconds."""
+    if budget is None or round_seconds <= 0:
+        return repeat
+    return min(repeat, max(MIN_ROUNDS, int(budget / round_seconds)))
 
 
 def rotated(names: list[str], round_index: int) -> list[str]:
@@ -98,18 +108,22 @@ def interleaved(
     repeat: int,
     min_time: float,
     clock: Clock = time.perf_counter,
+    budget: float | None = None,
 ) -> dict[str, Timing]:
-    """Time every contender `repeat` times, one sample of each per round, in a
-    rotating order; returns seconds per call for each."""
+    """Time every contender in rounds, one sample of each per round, in a
+    rotating order; returns seconds per call for each. `repeat` rounds, or
+    fewer when they would overrun `budget` seconds (see rounds_within)."""
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
     names = list(funcs)
     with gc_paused():
         for func in funcs.values():  # warm up: first-call costs (imports, page faults) stay out
             func()
-        numbers = {name: calibrate(funcs[name], min_time, clock) for name in names}
+        calibrated = {name: calibrate(funcs[name], min_time, clock) for name in names}
+        numbers = {name: number for name, (number, _) in calibrated.items()}
+        round_seconds = sum(number * per_call for number, per_call in calibrated.values())
         samples: dict[str, list[float]] = {name: [] for name in names}
-        for round_index in range(repeat):
+        for round_index in range(rounds_within(repeat, budget, round_seconds)):
             for name in rotated(names, round_index):
                 elapsed = time_calls(funcs[name], numbers[name], clock)
                 samples[name].append(elapsed / numbers[name])
