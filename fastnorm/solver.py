@@ -145,7 +145,6 @@ class Solver:
         unknown = sorted(set(kwargs) - set(_DEFAULTS))
         if unknown:
             raise ValueError(f"Unrecognized arguments {', '.join(unknown)}; known: {', '.join(_DEFAULTS)}")
-        opts = {**_DEFAULTS, **kwargs}
         if not hasattr(model, "params") or not callable(getattr(model, "loss", None)):
             raise TypeError("model must have a params dict and a loss(X, y=None) method")
         if not isinstance(data, dict):
@@ -153,36 +152,41 @@ class Solver:
         missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
         if missing:
             raise KeyError(f"data is missing {', '.join(missing)}")
+        self._set_options({**_DEFAULTS, **kwargs})
+        X_train, y_train = _check_split(data, "train", model)
+        X_val, y_val = _check_split(data, "val", model)
+        # everything checked: only now is anything stored
+        self.model = model
+        self.X_train, self.y_train, self.X_val, self.y_val = X_train, y_train, X_val, y_val
+        self._reset()
 
-        self.update_rule, self._rule_name = self._resolve_rule(opts["update_rule"])
+    def _set_options(self, opts):
+        """Check the keywords, then set them as attributes."""
+        update_rule, rule_name = self._resolve_rule(opts["update_rule"])
         optim_config = {} if opts["optim_config"] is None else opts["optim_config"]
         if not isinstance(optim_config, dict):
             raise TypeError(f"optim_config must be a dict, got {type(optim_config).__name__}")
-        if isinstance(self._rule_name, str):  # a bad hyperparameter fails now, not mid-update
-            scalars = {k: v for k, v in optim_config.items() if not isinstance(v, np.ndarray)}
-            self.update_rule(np.zeros(1), np.zeros(1), scalars)
+        if isinstance(rule_name, str):  # a bad hyperparameter fails now, not mid-update
+            update_rule(np.zeros(1), np.zeros(1), {k: v for k, v in optim_config.items()
+                                                   if not isinstance(v, np.ndarray)})
         lr_decay = opts["lr_decay"]
         if isinstance(lr_decay, bool) or not isinstance(lr_decay, numbers.Real) or not (
                 np.isfinite(lr_decay) and lr_decay > 0):
             raise ValueError(f"lr_decay must be a finite number > 0, got {lr_decay!r}")
+        name = opts["checkpoint_name"]
+        if name is not None and not isinstance(name, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_name must be a path string or None, got {name!r}")
         self.batch_size = _int_at_least("batch_size", opts["batch_size"], 1)
         self.num_epochs = _int_at_least("num_epochs", opts["num_epochs"], 0)
         self.num_train_samples = _int_at_least("num_train_samples", opts["num_train_samples"], 1, True)
         self.num_val_samples = _int_at_least("num_val_samples", opts["num_val_samples"], 1, True)
         self.print_every = _int_at_least("print_every", opts["print_every"], 1)
-        name = opts["checkpoint_name"]
-        if name is not None and not isinstance(name, (str, os.PathLike)):
-            raise TypeError(f"checkpoint_name must be a path string or None, got {name!r}")
-
-        self.model = model
-        self.X_train, self.y_train = _check_split(data, "train", model)
-        self.X_val, self.y_val = _check_split(data, "val", model)
+        self.update_rule, self._rule_name = update_rule, rule_name
         self.optim_config = optim_config
         self.lr_decay = float(lr_decay)
         self.checkpoint_name = None if name is None else os.fspath(name)
         self.verbose = bool(opts["verbose"])
         self.progress = opts["progress"]
-        self._reset()
 
     @staticmethod
     def _resolve_rule(rule):
