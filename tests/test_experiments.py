@@ -36,7 +36,7 @@ def load(out, name):
 def numbers_only(record):
     """The record without what legitimately differs between runs (clock times, run ids)."""
     record = json.loads(json.dumps(record))
-    record.pop("environment")
+    record.pop("environment"), record.pop("elapsed_s")
     for run in record["runs"].values():
         run.pop("wall_time_s"), run.pop("run_id")
         for model in run["models"]:

@@ -53,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="normalization on the compiled kernels (fast, default), on the NumPy "
                              "reference, or both in turn to measure the speed-up")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer epochs, a coarser weight-scale sweep, fewer samples")
+                        help="fewer epochs and a coarser weight-scale sweep (see configs.QUICK_CHANGES)")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                         default=None, help="no progress bars (default: shown when stderr is a terminal)")
     parser.set_defaults(func=run)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from .configs import ExperimentConfig, ModelSpec
 
-KERNEL_CHOICES = ("fast", "reference")
 BLAS_THREADS = 1
 LAST_LOSSES = 100  # the notebook's "final training loss" is the mean of the last 100 iterations
 
@@ -31,12 +30,12 @@ def run_experiment(config: ExperimentConfig, data: dict, *, seed: int, kernels=(
                    dataset: str = "digits", quick: bool = False, progress: bool | None = None) -> dict:
     """Train every model of `config` once per entry of `kernels`; the experiment's record.
 
-    progress: bars over the models and each model's iterations; None shows them
-    when stderr is a terminal.
-
     With several kernel sets each model is trained on all of them in turn before
     the next model starts, so slow drifts of the machine's speed hit both alike.
+    progress: bars over the models and each model's iterations; None shows them
+    when stderr is a terminal.
     """
+    start = time.perf_counter()
     subset = training_subset(data, config.num_train)
     specs = config.models()
     progress = sys.stderr.isatty() if progress is None else bool(progress)
@@ -57,6 +56,7 @@ def run_experiment(config: ExperimentConfig, data: dict, *, seed: int, kernels=(
     return {"experiment": config.name,
             "settings": settings(config, subset, seed=seed, dataset=dataset, quick=quick),
             "environment": environment(),
+            "elapsed_s": time.perf_counter() - start,  # everything, warm-up and all kernel sets
             "runs": runs}
 
 
