@@ -220,34 +220,34 @@ class Solver:
         return self.num_epochs * self.iterations_per_epoch
 
     def _step(self):
-        """One minibatch update; raises FloatingPointError before updating on a non-finite loss/grad."""
+        """One minibatch update. A non-finite loss, gradient or updated parameter raises
+        FloatingPointError before any parameter changes."""
         num_train = self.X_train.shape[0]
         batch_mask = np.random.choice(num_train, self.batch_size)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
             loss, grads = self.model.loss(self.X_train[batch_mask], self.y_train[batch_mask])
-        self._check_finite(loss, grads)
+            if not np.isfinite(loss):
+                raise self._diverged(f"loss is {loss}")
+            bad = [p for p in self.model.params if not np.all(np.isfinite(grads[p]))]
+            if bad:
+                raise self._diverged(f"gradient of {', '.join(bad)} is not finite")
+            updates = {p: self.update_rule(w, grads[p], self.optim_configs[p])
+                       for p, w in self.model.params.items()}
+            bad = [p for p, (next_w, _) in updates.items() if not np.all(np.isfinite(next_w))]
+            if bad:
+                raise self._diverged(f"update of {', '.join(bad)} is not finite")
         self.loss_history.append(float(loss))
-        for p, w in self.model.params.items():
-            next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p])
+        for p, (next_w, next_config) in updates.items():
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
 
-    def _check_finite(self, loss, grads):
-        where = f"at iteration {self.iteration + 1} / {self.num_iterations} (epoch {self.epoch})"
-        problem = None
-        if not np.isfinite(loss):
-            problem = f"loss is {loss}"
-        else:
-            bad = [p for p in self.model.params if not np.all(np.isfinite(grads[p]))]
-            if bad:
-                problem = f"gradient of {', '.join(bad)} is not finite"
-        if problem:
-            kept = (f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                    else "")
-            raise FloatingPointError(
-                f"{problem} {where}; training stopped before this update{kept} "
-                "(try a smaller learning rate or weight_scale)"
-            )
+    def _diverged(self, problem):
+        """The FloatingPointError for a non-finite value at the current iteration."""
+        kept = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+        return FloatingPointError(
+            f"{problem} at iteration {self.iteration + 1} / {self.num_iterations} (epoch {self.epoch}); "
+            f"training stopped before this update{kept} (try a smaller learning rate or weight_scale)"
+        )
 
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of the N samples of X classified as y, computed batch_size at a time.

@@ -220,6 +220,20 @@ def test_exploding_learning_rate_is_caught(digits):
         solver.train()
 
 
+def test_non_finite_update_changes_nothing(digits):
+    model = bn_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+
+    def blow_up(w, dw, config=None):
+        return np.full_like(w, np.inf), config
+
+    solver = Solver(model, small(digits), update_rule=blow_up, verbose=False)
+    with pytest.raises(FloatingPointError, match=r"update of W1, b1, .* not finite at iteration 1 / 50"):
+        solver.train()
+    assert solver.loss_history == []
+    assert all(np.array_equal(before[k], model.params[k]) for k in before)
+
+
 # ---------------------------------------------------------------- bad data, before training
 
 def bad(data, key, value):
