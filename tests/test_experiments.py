@@ -184,6 +184,7 @@ def fake_record(name, models, normalization="batchnorm"):
     return {"experiment": name, "settings": json.loads(json.dumps(settings)),
             "environment": {"numpy": "x", "fastnorm": "x", "openmp": True, "kernel_threads": 2,
                             "blas_threads": 1},
+            "elapsed_s": 2.5,
             "runs": {"fast": {"kernels": "fast", "run_id": "r", "wall_time_s": 2.0, "models": models}}}
 
 
