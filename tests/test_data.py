@@ -92,6 +92,9 @@ def test_get_cifar10_data_split_and_mean(cifar_dir, batches):
     assert data["y_val"].tolist() == labels[50:58]
     plain = fn.data.get_CIFAR10_data(50, 8, 6, subtract_mean=False, root=cifar_dir)
     np.testing.assert_array_equal(plain["X_train"], raw[:50])
+    single = fn.data.get_CIFAR10_data(50, 8, 6, root=cifar_dir, dtype=np.float32)
+    assert single["X_val"].dtype == np.float32 and single["X_val"].flags.c_contiguous
+    np.testing.assert_allclose(single["X_val"], raw[50:58] - mean, atol=1e-4)
 
 
 def test_cifar10_defaults_need_the_full_dataset(cifar_dir):

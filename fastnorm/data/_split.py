@@ -14,12 +14,13 @@ def check_count(name: str, value, low: int = 0) -> int:
 
 
 def split(X_train, y_train, X_test, y_test, num_training, num_validation, num_test, subtract_mean,
-          source: str) -> dict:
-    """The notebook's dict from channels-first arrays.
+          source: str, dtype=np.float64) -> dict:
+    """The notebook's dict from channels-first arrays (any real dtype, e.g. uint8 pixels).
 
     Training = the first num_training samples, validation = the next
     num_validation, test = the first num_test of the test arrays; with
-    subtract_mean the mean image of the training split is subtracted from all three.
+    subtract_mean the mean image of the training split (computed in float64)
+    is subtracted from all three. X_* are new C-contiguous arrays of `dtype`.
     """
     num_training = check_count("num_training", num_training, 1)
     num_validation = check_count("num_validation", num_validation)
@@ -39,13 +40,12 @@ def split(X_train, y_train, X_test, y_test, num_training, num_validation, num_te
         "X_test": X_test[:num_test],
         "y_test": y_test[:num_test],
     }
-    if subtract_mean:
-        mean_image = np.mean(data["X_train"], axis=0)
-        for key in ("X_train", "X_val", "X_test"):
-            data[key] = data[key] - mean_image
-    else:
-        for key in ("X_train", "X_val", "X_test"):
-            data[key] = data[key].copy()  # never views of a cached array
+    mean_image = np.mean(data["X_train"], axis=0, dtype=np.float64).astype(dtype) if subtract_mean else None
+    for key in ("X_train", "X_val", "X_test"):
+        # cast the slice once (a new array, never a view of the source); subtract in place
+        data[key] = np.array(data[key], dtype=dtype, order="C")
+        if mean_image is not None:
+            data[key] -= mean_image
     for key in ("y_train", "y_val", "y_test"):
         data[key] = np.array(data[key], dtype=np.int64)
     return data

@@ -46,8 +46,8 @@ def _field(batch: dict, name: str):
     return batch[name]
 
 
-def load_CIFAR_batch(filename):
-    """One batch file: X (n, 32, 32, 3) float64 and y (n,) int64 labels."""
+def _read_batch(filename):
+    """One batch file: uint8 X (n, 3, 32, 32), channels first as stored, and int64 y (n,)."""
     if not os.path.isfile(filename):
         raise FileNotFoundError(f"CIFAR-10 batch file {filename} is missing; {_HOW_TO_GET}")
     try:
@@ -67,8 +67,23 @@ def load_CIFAR_batch(filename):
         )
     if y.size and (y.min() < 0 or y.max() > 9):
         raise ValueError(f"CIFAR-10 batch file {filename} has labels outside 0..9; delete it and {_HOW_TO_GET}")
-    X = X.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float64)
-    return X, y
+    return X.reshape(-1, 3, 32, 32), y
+
+
+def _read_all(root):
+    """uint8 channels-first Xtr, ytr, Xte, yte from the folder `root`."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"CIFAR-10 folder {root} does not exist; {_HOW_TO_GET}")
+    parts = [_read_batch(os.path.join(root, name)) for name in TRAIN_BATCHES]
+    Xte, yte = _read_batch(os.path.join(root, TEST_BATCH))
+    return np.concatenate([X for X, _ in parts]), np.concatenate([y for _, y in parts]), Xte, yte
+
+
+def load_CIFAR_batch(filename):
+    """One batch file: X (n, 32, 32, 3) float64 and y (n,) int64 labels."""
+    X, y = _read_batch(filename)
+    return X.transpose(0, 2, 3, 1).astype(np.float64), y
 
 
 def load_CIFAR10(root):
@@ -77,14 +92,8 @@ def load_CIFAR10(root):
     Returns Xtr (50000, 32, 32, 3), ytr (50000,), Xte (10000, 32, 32, 3), yte (10000,):
     pixels as float64 0..255, channels last (as the notebook's loader returns them).
     """
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"CIFAR-10 folder {root} does not exist; {_HOW_TO_GET}")
-    parts = [load_CIFAR_batch(os.path.join(root, name)) for name in TRAIN_BATCHES]
-    Xtr = np.concatenate([X for X, _ in parts])
-    ytr = np.concatenate([y for _, y in parts])
-    Xte, yte = load_CIFAR_batch(os.path.join(root, TEST_BATCH))
-    return Xtr, ytr, Xte, yte
+    Xtr, ytr, Xte, yte = _read_all(root)
+    return Xtr.transpose(0, 2, 3, 1).astype(np.float64), ytr, Xte.transpose(0, 2, 3, 1).astype(np.float64), yte
 
 
 def get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=1000, subtract_mean=True,
@@ -94,12 +103,10 @@ def get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=1000, sub
     Training = images 0..num_training-1, validation = the next num_validation
     (49000..49999 by default), test = the first num_test test images; the
     training split's mean image is subtracted from all; X_* are channels first
-    (n, 3, 32, 32) of `dtype`, y_* int64. `root` defaults to default_cifar10_dir().
+    (n, 3, 32, 32) of `dtype` (float32 halves the memory), y_* int64.
+    `root` defaults to default_cifar10_dir().
     """
     root = default_cifar10_dir() if root is None else root
-    Xtr, ytr, Xte, yte = load_CIFAR10(root)
-    data = split(Xtr, ytr, Xte, yte, num_training, num_validation, num_test, subtract_mean,
-                 f"CIFAR-10 in {root}")
-    for key in ("X_train", "X_val", "X_test"):
-        data[key] = np.ascontiguousarray(data[key].transpose(0, 3, 1, 2), dtype=dtype)
-    return data
+    Xtr, ytr, Xte, yte = _read_all(root)  # uint8 until the split: a quarter of float64's memory
+    return split(Xtr, ytr, Xte, yte, num_training, num_validation, num_test, subtract_mean,
+                 f"CIFAR-10 in {root}", dtype)

@@ -35,7 +35,7 @@ def get_digits_data(num_training=1297, num_validation=250, num_test=250, subtrac
             f"{NUM_SAMPLES} digits"
         )
     digits = load_digits()
-    X = digits.images.reshape(-1, 1, 8, 8).astype(dtype)
+    X = digits.images.reshape(-1, 1, 8, 8)
     y = digits.target
     return split(X[:n_fit], y[:n_fit], X[n_fit:], y[n_fit:],
-                 num_training, num_validation, num_test, subtract_mean, "the digits dataset")
+                 num_training, num_validation, num_test, subtract_mean, "the digits dataset", dtype)
