@@ -89,21 +89,23 @@ def make_inputs(shape, dtype, seed: int = 0) -> SimpleNamespace:
     )
 
 
-def _norm_functions(module, op: str):
-    """(forward, backward, param) of module for bn or ln."""
-    if op.startswith("bn"):
-        return module.batchnorm_forward, module.batchnorm_backward_alt, {"mode": "train"}
-    return module.layernorm_forward, module.layernorm_backward, {}
+# the batch-norm backward each NumPy-API role times (layer norm has one backward)
+BN_BACKWARD = {
+    "fastnorm": "batchnorm_backward",  # compiled, fused
+    "numpy": "batchnorm_backward_alt",  # reference, simplified
+    "graph": "batchnorm_backward",  # reference, node by node
+}
 
 
-def _contender(module, op: str, inputs, backward=None):
-    """The zero-argument callable running op with module's functions."""
-    forward, simplified_backward, param = _norm_functions(module, op)
+def _numpy_api_contender(module, role: str, op: str, inputs):
+    """The zero-argument callable running op with module (fastnorm or fastnorm.reference)."""
+    norm, param = ("batchnorm", {"mode": "train"}) if op.startswith("bn") else ("layernorm", {})
+    forward = getattr(module, f"{norm}_forward")
     x, gamma, beta, dout = inputs.x, inputs.gamma, inputs.beta, inputs.dout
     if op.endswith("fwd"):
         return lambda: forward(x, gamma, beta, param)
+    backward = getattr(module, BN_BACKWARD[role] if norm == "batchnorm" else "layernorm_backward")
     _, cache = forward(x, gamma, beta, dict(param))
-    backward = backward or simplified_backward
     return lambda: backward(dout, cache)
 
 
@@ -115,12 +117,9 @@ def contenders(case: Case, inputs, roles) -> dict:
     funcs = {}
     for role in roles:
         if role == "fastnorm":
-            funcs[role] = _contender(fastnorm, case.op, inputs, fastnorm.batchnorm_backward
-                                     if case.op == "bn_bwd" else None)
-        elif role == "numpy":
-            funcs[role] = _contender(reference, case.op, inputs)
-        elif role == "graph" and case.op == "bn_bwd":
-            funcs[role] = _contender(reference, case.op, inputs, reference.batchnorm_backward)
+            funcs[role] = _numpy_api_contender(fastnorm, role, case.op, inputs)
+        elif role == "numpy" or (role == "graph" and case.op == "bn_bwd"):
+            funcs[role] = _numpy_api_contender(reference, role, case.op, inputs)
         elif role == "torch" and torch_anchor.available():
             funcs[role] = torch_anchor.contender(case.op, inputs)
     return funcs
