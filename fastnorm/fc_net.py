@@ -57,7 +57,8 @@ class FullyConnectedNet:
     seed : when given, dropout masks come from a generator made from it on each
         loss call, so every call draws the same masks (for gradient checks);
         without it, masks come from NumPy's global generator.
-    kernels : "fast" (compiled) or "reference" (NumPy) normalization.
+    kernels : "fast" (the compiled kernels) or "reference" (fastnorm.reference's NumPy
+        forward and simplified backward, batchnorm_backward_alt), same results to round-off.
 
     Initialisation, layer by layer in order: W = weight_scale * np.random.randn(in, out)
     from NumPy's global generator, b zeros, gamma ones, beta zeros, all cast to dtype.

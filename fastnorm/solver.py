@@ -270,7 +270,7 @@ class Solver:
     def _progress_bar(self):
         show = self.progress
         if show is None:
-            show = self.verbose and sys.stderr.isatty()
+            show = self.verbose and sys.stderr is not None and sys.stderr.isatty()
         return tqdm(total=self.num_iterations, initial=self.iteration, disable=not show,
                     desc="training", unit="it", leave=False, file=sys.stderr)
 
