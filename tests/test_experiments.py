@@ -227,3 +227,10 @@ def test_layernorm_report_compares_with_batchnorm():
     assert "0.500 at batch 5, 0.700 at batch 10, 0.900 at batch 50 (rising with batch size" in text
     assert "spreads over 0.400 with batchnorm and 0.020 with layernorm" in text
     assert "depends less on the batch size than batchnorm's" in text
+
+
+def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("")
+    assert run_cli("bn-vs-baseline", "--out", str(target)) == 1
+    assert "cannot use --out" in capsys.readouterr().err

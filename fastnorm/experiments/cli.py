@@ -82,7 +82,11 @@ def run(args) -> int:
     except DataError as error:
         print(f"fastnorm experiment: {error}", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"fastnorm experiment: cannot use --out {args.out}: {error}", file=sys.stderr)
+        return 1
     names = EXPERIMENTS if args.name == "all" else (args.name,)
     for name in names:
         start = time.perf_counter()
