@@ -53,18 +53,19 @@ def _signed(value: float) -> str:
     return f"{value:+.3f}"
 
 
-def _compare(a: float, b: float, more: str = "higher", less: str = "lower") -> str:
-    """The comparison word that the numbers (as rounded in the report) support."""
+def _compare(a: float, b: float) -> str:
+    """The comparison that the numbers, as rounded in the report, support."""
     if round(a, 3) == round(b, 3):
         return "the same as"
-    return f"{more} than" if a > b else f"{less} than"
+    return "higher than" if a > b else "lower than"
 
 
 def _scale(value: float) -> str:
     return f"{value:.1e}"
 
 
-def _models(record: dict) -> tuple[dict, list[dict]]:
+def _models(record: dict) -> tuple[list[dict], list[dict]]:
+    """The primary run's un-normalized and normalized models."""
     models = primary_run(record)["models"]
     return [m for m in models if m["normalization"] is None], [m for m in models if m["normalization"]]
 
@@ -289,10 +290,11 @@ def _batch_size(record: dict, by_name: dict) -> list[str]:
                      f"spread {max(values) - min(values):.3f}); baseline at batch {base['batch_size']}: "
                      f"{_acc(_last(base[key]))}.")
     lines.append(f"- One validation sample is {1 / record['settings']['num_val']:.3f} of validation accuracy.")
-    small = normed[0]
+    small = min(normed, key=lambda m: m["batch_size"])
+    small_val, base_val = _last(small["val_acc_history"]), _last(base["val_acc_history"])
     lines.append(f"- At the smallest batch ({small['batch_size']}) {kind} ends with validation accuracy "
-                 f"{_acc(_last(small['val_acc_history']))}, {_compare(_last(small['val_acc_history']), _last(base['val_acc_history']))} "
-                 f"the un-normalized baseline's {_acc(_last(base['val_acc_history']))}.")
+                 f"{_acc(small_val)}, {_compare(small_val, base_val)} the un-normalized baseline's "
+                 f"{_acc(base_val)} at batch {base['batch_size']}.")
     if record["experiment"] == "layernorm-batch-size" and "batch-size" in by_name:
         lines.append(_bn_vs_ln_sentence(by_name["batch-size"], record))
     return lines
