@@ -1,7 +1,7 @@
 """`fastnorm experiment NAME`: the notebook's experiments, their figures, records and report.
 
     fastnorm experiment all --quick                 every experiment, smaller settings (about a minute)
-    fastnorm experiment bn-vs-baseline --kernels both
+    fastnorm experiment bn-vs-baseline --kernels both --repeat 3
                                                     also on the NumPy reference: the kernels' speed-up
     fastnorm experiment weight-scale --dataset cifar10 --download
 
@@ -52,12 +52,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--kernels", choices=tuple(KERNEL_SETS), default="fast",
                         help="normalization on the compiled kernels (fast, default), on the NumPy "
                              "reference, or both in turn to measure the speed-up")
+    parser.add_argument("--repeat", type=_positive_int, default=1,
+                        help="train each model N times per kernel set and keep the fastest time, "
+                             "for steadier speed-ups on a busy machine (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer epochs and a coarser weight-scale sweep (see configs.QUICK_CHANGES)")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                         default=None, help="no progress bars (default: shown when stderr is a terminal)")
     parser.set_defaults(func=run)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -91,7 +104,8 @@ def run(args) -> int:
     for name in names:
         start = time.perf_counter()
         record = runner.run_experiment(configs.get_config(name, args.quick), data, seed=args.seed,
-                                       kernels=KERNEL_SETS[args.kernels], dataset=args.dataset,
+                                       kernels=KERNEL_SETS[args.kernels], repeat=args.repeat,
+                                       dataset=args.dataset,
                                        quick=args.quick, progress=args.progress)
         record = results.save_record(record, args.out)
         figure = plots.plot_experiment(record, args.out / f"{name}.png")

@@ -125,6 +125,9 @@ def _speedup(records: list[dict]) -> list[str]:
         fast, ref = r["runs"]["fast"], r["runs"]["reference"]
         together = "in the same run, model by model in turn" if fast["run_id"] == ref["run_id"] \
             else "in two separate runs"
+        repeats = sorted({fast.get("repeat", 1), ref.get("repeat", 1)})
+        if repeats != [1]:
+            together += f", fastest of {' and '.join(map(str, repeats))} repeats"
         lines.append(f"**{r['experiment']}** (timed {together}): the compiled kernels trained the "
                      f"{len(fast['models'])} models in {fast['wall_time_s']:.2f} s, the NumPy reference "
                      f"normalization in {ref['wall_time_s']:.2f} s, "
