@@ -50,7 +50,8 @@ def _split(models: list[dict]) -> tuple[dict, list[dict]]:
     return baseline, [m for m in models if m["normalization"] is not None]
 
 
-def _history_panel(ax, title, xlabel, ylabel, baseline, normed, key, bl_marker, norm_marker):
+def _history_panel(ax, title, xlabel, ylabel, baseline, normed, key, bl_marker, norm_marker,
+                   legend_loc="lower center"):
     """One panel of the notebook's plot_training_history: normalized curves, then the baseline."""
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -58,7 +59,7 @@ def _history_panel(ax, title, xlabel, ylabel, baseline, normed, key, bl_marker, 
     for model in normed:
         ax.plot(_values(model[key]), norm_marker, label=model["label"])
     ax.plot(_values(baseline[key]), bl_marker, label=baseline["label"])
-    ax.legend(loc="lower center", ncol=len(normed) + 1)
+    ax.legend(loc=legend_loc, ncol=len(normed) + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations and epochs are whole
 
 
@@ -66,11 +67,12 @@ def _bn_vs_baseline(record: dict) -> Figure:
     baseline, normed = _split(primary_run(record)["models"])
     fig = Figure(figsize=(15, 15), layout="constrained")
     axes = fig.subplots(3, 1)
-    panels = [("Training loss", "Iteration", "Loss", "loss_history", "o"),
-              ("Training accuracy", "Epoch", "Accuracy", "train_acc_history", "-o"),
-              ("Validation accuracy", "Epoch", "Accuracy", "val_acc_history", "-o")]
-    for ax, (title, xlabel, ylabel, key, marker) in zip(axes, panels):
-        _history_panel(ax, title, xlabel, ylabel, baseline, normed, key, marker, marker)
+    # the notebook's layout; the loss legend moves up, where falling losses leave room
+    panels = [("Training loss", "Iteration", "Loss", "loss_history", "o", "upper right"),
+              ("Training accuracy", "Epoch", "Accuracy", "train_acc_history", "-o", "lower center"),
+              ("Validation accuracy", "Epoch", "Accuracy", "val_acc_history", "-o", "lower center")]
+    for ax, (title, xlabel, ylabel, key, marker, loc) in zip(axes, panels):
+        _history_panel(ax, title, xlabel, ylabel, baseline, normed, key, marker, marker, loc)
     return fig
 
 

@@ -70,6 +70,11 @@ def _models(record: dict) -> tuple[list[dict], list[dict]]:
     return [m for m in models if m["normalization"] is None], [m for m in models if m["normalization"]]
 
 
+def _at(history: list, index: int) -> float:
+    """history[index] as a float; NaN where a stopped run has no such entry."""
+    return _num(history[index]) if index < len(history) else float("nan")
+
+
 def _last(history: list) -> float:
     return _num(history[-1]) if history else float("nan")
 
@@ -218,6 +223,10 @@ def _bn_vs_baseline(record: dict, by_name: dict) -> list[str]:
              f"{_acc(base['best_val_acc'])} without.",
              f"- Mean training loss over the last {min(100, len(bn['loss_history']))} iterations: "
              f"{_num(bn['final_train_loss']):.3f} with batchnorm, {_num(base['final_train_loss']):.3f} without."]
+    if epochs > 1:
+        b_1, n_1 = (_at(m["train_acc_history"], 1) for m in (base, bn))
+        lines.append(f"- After the first epoch the training accuracy is {_acc(n_1)} with batchnorm and "
+                     f"{_acc(b_1)} without ({_signed(n_1 - b_1)}).")
     reach = _first_epoch_reaching(bn["train_acc_history"], b_tr)
     if reach is not None:
         lines.append(f"- The batchnorm net first reaches the baseline's final training accuracy at epoch "
