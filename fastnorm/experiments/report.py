@@ -50,7 +50,7 @@ def _acc(value) -> str:
 
 
 def _signed(value: float) -> str:
-    return f"{value:+.3f}"
+    return f"{value:+.3f}" if np.isfinite(value) else "n/a"
 
 
 def _compare(a: float, b: float) -> str:
