@@ -408,8 +408,9 @@ class Solver:
     def restore(self, checkpoint):
         """Load a checkpoint (a path or the dict of load_checkpoint) into this solver and its model.
 
-        The model must have the same parameter names and shapes. NumPy's global
-        generator is set to the saved state when train() next starts.
+        The model must have the same parameter names and shapes, normalization
+        and dtype. NumPy's global generator is set to the saved state when
+        train() next starts.
         """
         state = self.load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
         self._check_state(state, "the checkpoint")
@@ -418,6 +419,11 @@ class Solver:
         theirs = {k: np.shape(v) for k, v in saved.params.items()}
         if mine != theirs:
             raise ValueError(f"the checkpoint's parameters {theirs} do not match the model's {mine}")
+        # same widths do not make the same model: a batch-norm state is no layer-norm state
+        for attr in ("normalization", "dtype"):
+            if getattr(saved, attr, None) != getattr(self.model, attr, None):
+                raise ValueError(f"the checkpoint's model has {attr} {getattr(saved, attr, None)!r}, "
+                                 f"this model has {getattr(self.model, attr, None)!r}")
         if saved is not self.model:
             self.model.params = {k: v.copy() for k, v in saved.params.items()}
             for attr in ("bn_params", "dropout_param"):

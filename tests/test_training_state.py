@@ -245,8 +245,6 @@ def test_checkpoint_with_data_of_another_size_is_refused(toy_run):
         Solver.from_checkpoint(folder / "run_epoch_2.pkl", _toy_data(dim=7))
 
 
-@pytest.mark.xfail(strict=True, reason="Solver.restore compares parameter names and shapes only: "
-                   "a batch-norm checkpoint loads into a layer-norm model of the same widths")
 def test_checkpoint_of_another_normalization_is_refused(toy_run, tmp_path):
     folder, _, _ = toy_run
     model = _toy_model(normalization="layernorm")
