@@ -244,3 +244,19 @@ def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     target.write_text("")
     assert run_cli("bn-vs-baseline", "--out", str(target)) == 1
     assert "cannot use --out" in capsys.readouterr().err
+
+
+def test_speedup_paragraph_splits_off_the_baseline_cost():
+    def run(kind, base_s, norm_s):
+        models = [dict(fake_model("baseline", None, [0.1, 0.5], [0.1, 0.5]), time_s=base_s),
+                  dict(fake_model("with_norm", "batchnorm", [0.1, 0.9], [0.1, 0.8]), time_s=norm_s)]
+        return {"kernels": kind, "run_id": "same", "repeat": 1, "wall_time_s": base_s + norm_s, "models": models}
+
+    record = fake_record("bn-vs-baseline", [])
+    record["runs"] = {"fast": run("fast", 1.0, 1.5), "reference": run("reference", 1.0, 3.0)}
+    text = report.render_report([record])
+    assert "the normalized model trained in 1.50 s on the compiled kernels and 3.00 s on the NumPy " \
+           "reference, 2.00x end to end; all 2 models 1.60x." in text
+    assert "normalization cost 2.00 s per model on the reference and 0.50 s on the compiled kernels " \
+           "(the normalization itself 4.00x faster)" in text
+    assert "could not make these models more than 3.00x faster end to end" in text
