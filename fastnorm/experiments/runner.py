@@ -81,7 +81,7 @@ def _warm_up(config: ExperimentConfig, subset: dict, kernels) -> None:
     from ..fc_net import FullyConnectedNet
 
     for kind in kernels:
-        model = FullyConnectedNet(list(config.hidden_dims), input_dim=int(np.prod(subset["X_train"].shape[1:])),
+        model = FullyConnectedNet(list(config.hidden_dims), input_dim=input_dim(subset),
                                   num_classes=num_classes(subset), normalization=config.normalization,
                                   kernels=kind)
         model.loss(subset["X_train"][:config.batch_sizes[0]], subset["y_train"][:config.batch_sizes[0]])
@@ -102,11 +102,15 @@ def training_subset(data: dict, num_train: int) -> dict:
 
 
 def settings(config: ExperimentConfig, subset: dict, *, seed: int, dataset: str, quick: bool) -> dict:
-    X = subset["X_train"]
     return {**config.to_dict(), "dataset": dataset, "seed": seed, "quick": quick,
-            "input_dim": int(np.prod(X.shape[1:])),
+            "input_dim": input_dim(subset),
             "num_classes": num_classes(subset),
             "num_val": len(subset["X_val"])}
+
+
+def input_dim(subset: dict) -> int:
+    """Values per sample: 64 for the digits, 3072 for CIFAR-10."""
+    return int(np.prod(subset["X_train"].shape[1:]))
 
 
 def num_classes(subset: dict) -> int:
@@ -129,7 +133,7 @@ def train_model(spec: ModelSpec, config: ExperimentConfig, subset: dict, *, seed
 
     np.random.seed(seed)
     start = time.perf_counter()
-    model = FullyConnectedNet(list(config.hidden_dims), input_dim=int(np.prod(subset["X_train"].shape[1:])),
+    model = FullyConnectedNet(list(config.hidden_dims), input_dim=input_dim(subset),
                               num_classes=num_classes(subset), normalization=spec.normalization,
                               weight_scale=spec.weight_scale, dtype=np.float32, seed=seed,
                               kernels=kernels)
