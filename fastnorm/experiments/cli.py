@@ -105,11 +105,11 @@ def run(args) -> int:
         start = time.perf_counter()
         record = runner.run_experiment(configs.get_config(name, args.quick), data, seed=args.seed,
                                        kernels=KERNEL_SETS[args.kernels], repeat=args.repeat,
-                                       dataset=args.dataset,
-                                       quick=args.quick, progress=args.progress)
+                                       dataset=args.dataset, quick=args.quick, progress=args.progress)
+        times = _times(record)  # this run's, before an earlier run of the other kernels is merged in
         record = results.save_record(record, args.out)
         figure = plots.plot_experiment(record, args.out / f"{name}.png")
-        print(f"{name}: {_times(record)}, {time.perf_counter() - start:.1f} s in all -> {figure}")
+        print(f"{name}: {times}, {time.perf_counter() - start:.1f} s in all -> {figure}")
     path = report.write_report(results.load_records(args.out), args.out)
     print(f"report: {path}")
     return 0
