@@ -20,6 +20,9 @@ from .normalization import (  # noqa: E402
     layernorm_backward,
     layernorm_forward,
 )
+from . import data, layers, optim  # noqa: E402
+from .fc_net import FullyConnectedNet  # noqa: E402
+from .solver import Solver  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -35,4 +38,9 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "num_threads",
+    "layers",
+    "optim",
+    "data",
+    "FullyConnectedNet",
+    "Solver",
 ]

@@ -48,7 +48,9 @@ def _choose(baseline):
     if wanted == "avx2" and not baseline.cpu_has_avx2_fma():
         raise ImportError("FASTNORM_KERNELS=avx2, but this CPU does not support AVX2 and FMA")
     try:
-        importlib.import_module("fastnorm._kernels_avx2")
+        avx2 = importlib.import_module("fastnorm._kernels_avx2")
+        if Path(avx2.__file__).resolve().parent != _PACKAGE_DIR:
+            raise ImportError(f"the AVX2 build found is {avx2.__file__}, outside this package")
     except ImportError:
         if wanted == "avx2":
             raise
@@ -59,6 +61,9 @@ def _choose(baseline):
 def _import_checked(name):
     try:
         kernels = importlib.import_module(f"fastnorm.{name}")
+        # an import hook (an editable install of another tree) may find a module elsewhere
+        if Path(kernels.__file__).resolve().parent != _PACKAGE_DIR:
+            raise ImportError(f"the only build found is {kernels.__file__}, outside this package")
     except ImportError as exc:
         where = _PACKAGE_DIR
         raise ImportError(

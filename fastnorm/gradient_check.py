@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
-    """Gradient of the scalar f(x) at x, one coordinate at a time.
+def _centered_differences(f, x, h, reduce, report=None):
+    """For each index i of x: reduce(f(x + h e_i) - f(x - h e_i)) / (2h).
 
-    x is perturbed in place and restored after each coordinate; with verbose,
-    each coordinate's index and gradient is printed.
+    x is perturbed in place and restored after each index; f's results are
+    copied, since f may return a view of a buffer it reuses.
     """
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
@@ -17,29 +17,22 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
         ix = it.multi_index
         old = x[ix]
         x[ix] = old + h
-        fxph = f(x)
+        pos = np.array(f(x), copy=True)
         x[ix] = old - h
-        fxmh = f(x)
+        neg = np.array(f(x), copy=True)
         x[ix] = old
-        grad[ix] = (fxph - fxmh) / (2 * h)
-        if verbose:
-            print(ix, grad[ix])
+        grad[ix] = reduce(pos - neg) / (2 * h)
+        if report is not None:
+            report(ix, grad[ix])
         it.iternext()
     return grad
+
+
+def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
+    """Gradient of the scalar f(x) at x; with verbose, each index and its gradient is printed."""
+    return _centered_differences(f, x, h, reduce=lambda diff: diff, report=print if verbose else None)
 
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Gradient of sum(f(x) * df) at x, for an array-valued f and upstream gradient df."""
-    grad = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
-    while not it.finished:
-        ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        pos = f(x).copy()
-        x[ix] = old - h
-        neg = f(x).copy()
-        x[ix] = old
-        grad[ix] = np.sum((pos - neg) * df) / (2 * h)
-        it.iternext()
-    return grad
+    return _centered_differences(f, x, h, reduce=lambda diff: np.sum(diff * df))

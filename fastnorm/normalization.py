@@ -72,8 +72,8 @@ def _checked_cache(cache, kind: type, forward_name: str):
     _validate.check_cache_type(cache, kind, forward_name)
     x = cache.x
     if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype in (np.float32, np.float64)
-            and x.flags.c_contiguous):
-        raise ValueError("cache.x is no longer the C-contiguous float array the forward stored")
+            and x.flags.c_contiguous and x.size > 0):
+        raise ValueError("cache.x is no longer the non-empty C-contiguous float array the forward stored")
     n_stats = x.shape[kind.stats_axis]
     for name in ("mean", "inv_std"):
         arr = getattr(cache, name)
@@ -100,16 +100,20 @@ def _backward_arrays(dout, cache, out):
         return dout, x, gamma, (np.empty_like(x), np.empty(D, dtype), np.empty(D, dtype))
     if not (isinstance(out, tuple) and len(out) == 3):
         raise TypeError("out must be a tuple (dx, dgamma, dbeta) of arrays")
-    dx = _validate.check_out("out[0] (dx)", out[0], x.shape, dtype, dout, x)
-    dgamma = _validate.check_out("out[1] (dgamma)", out[1], (D,), dtype, dout, x, dx)
-    dbeta = _validate.check_out("out[2] (dbeta)", out[2], (D,), dtype, dout, x, dx, dgamma)
+    # the outputs must not overlap anything the kernel reads, nor the cache
+    read = (dout, x, gamma, cache.x, cache.gamma, cache.mean, cache.inv_std)
+    dx = _validate.check_out("out[0] (dx)", out[0], x.shape, dtype, *read)
+    dgamma = _validate.check_out("out[1] (dgamma)", out[1], (D,), dtype, *read, dx)
+    dbeta = _validate.check_out("out[2] (dbeta)", out[2], (D,), dtype, *read, dx, dgamma)
     return dout, x, gamma, (dx, dgamma, dbeta)
 
 
 def _forward_out(call, out):
     if out is None:
         return np.empty_like(call.x)
-    return _validate.check_out("out", out, call.x.shape, call.x.dtype, call.x)
+    read = [a for a in (call.x, call.gamma, call.beta, call.running_mean, call.running_var)
+            if a is not None]  # the kernel reads them while writing out; the cache keeps x, gamma
+    return _validate.check_out("out", out, call.x.shape, call.x.dtype, *read)
 
 
 def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):

@@ -1,0 +1,182 @@
+"""`fastnorm bench`: how much faster the compiled kernels are.
+
+    fastnorm bench                 against NumPy (graph and simplified backward) and PyTorch,
+                                   over a sweep of shapes, float32 and float64, one thread
+    fastnorm bench --vs-torch      against PyTorch's kernels: six shapes and a 2x3 call-overhead
+                                   case, float32 and float64, 1 and 2 threads, with a Markdown table
+    fastnorm bench --quick         fewer, shorter samples
+
+Prints a table with the targets met or missed, and writes it with JSON and a
+PNG chart to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_OUT = "bench-out"
+REPEAT, QUICK_REPEAT = 5, 3
+MIN_TIME_MS, QUICK_MIN_TIME_MS = 5.0, 1.0
+BUDGET_S, QUICK_BUDGET_S = 3.0, 1.0  # per cell: slow NumPy contenders on big arrays get fewer rounds
+COPY_MIN_BYTES = 64 * 2**20
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _shape_list(text: str) -> list[tuple[int, int]]:
+    """'100x500,8x65536' -> [(100, 500), (8, 65536)]."""
+    shapes = []
+    for item in text.split(","):
+        try:
+            n, d = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a shape is NxD, like 100x500; got {item!r}") from None
+        if n < 2 or d < 1:  # batch norm in train mode needs two rows
+            raise argparse.ArgumentTypeError(f"shape {item!r}: need N >= 2 and D >= 1")
+        shapes.append((n, d))
+    return shapes
+
+
+def _choice_list(choices):
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        unknown = [v for v in values if v not in choices]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}; got {text!r}")
+        return values
+    return parse
+
+
+def add_parser(subparsers) -> None:
+    from .suite import DTYPES, OPS
+
+    parser = subparsers.add_parser(
+        "bench", help="time the compiled kernels against NumPy and PyTorch",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vs-torch", action="store_true",
+                        help="the matrix against PyTorch's kernels at 1 and 2 threads")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_REPEAT} runs of >= {QUICK_MIN_TIME_MS:g} ms per contender")
+    parser.add_argument("--repeat", type=int,
+                        help=f"interleaved runs per contender (default {REPEAT}, at least 3 within --budget)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help=f"time per cell past which runs are cut (default {BUDGET_S:g} s; 0: no limit)")
+    parser.add_argument("--min-time", type=float, metavar="MS",
+                        help=f"least duration of one timed sample (default {MIN_TIME_MS:g} ms)")
+    parser.add_argument("--threads", type=_int_list, metavar="N[,N...]",
+                        help="thread counts (default: 1 for bench, where NumPy is single-threaded; "
+                             "1,2 for --vs-torch)")
+    parser.add_argument("--shapes", type=_shape_list, metavar="NxD[,NxD...]", help="replace the shapes")
+    parser.add_argument("--dtypes", type=_choice_list(DTYPES), metavar="DTYPE[,...]",
+                        help=f"subset of {','.join(DTYPES)}")
+    parser.add_argument("--ops", type=_choice_list(OPS), metavar="OP[,...]",
+                        help=f"subset of {','.join(OPS)}")
+    parser.add_argument("--clock", choices=("auto", "wall"), default="auto",
+                        help="auto (default): the process's CPU time for 1-thread cells, steady on a "
+                             "shared machine, wall time for more threads; wall: wall time everywhere")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                        help=f"folder for the table, JSON and PNG (default {DEFAULT_OUT}/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--check", action="store_true", help="exit with 1 when a target is missed")
+    parser.set_defaults(func=run)
+
+
+def _settings(args) -> dict:
+    """The run's parameters, defaults filled in."""
+    from . import suite
+
+    vs_torch = args.vs_torch
+    budget = args.budget if args.budget is not None else QUICK_BUDGET_S if args.quick else BUDGET_S
+    default_shapes = (suite.MATRIX_SHAPES + (suite.OVERHEAD_SHAPE,)) if vs_torch else suite.sweep_shapes()
+    return {
+        "repeat": args.repeat or (QUICK_REPEAT if args.quick else REPEAT),
+        "min_time_s": (args.min_time if args.min_time is not None
+                       else QUICK_MIN_TIME_MS if args.quick else MIN_TIME_MS) / 1e3,
+        "budget_s": budget or None,
+        "threads": args.threads or ([1, 2] if vs_torch else [1]),
+        "shapes": [list(s) for s in (args.shapes or default_shapes)],
+        "dtypes": args.dtypes or list(suite.DTYPES),
+        "ops": args.ops or list(suite.OPS),
+        "torch": not args.no_torch,
+        "clock": args.clock,
+    }
+
+
+def _roles_of(vs_torch: bool, with_torch: bool):
+    """Which contenders a case gets: all anchors for bench; torch (and the graph
+    backward at the notebook's cell) for --vs-torch."""
+    from . import suite
+
+    def roles(case) -> tuple[str, ...]:
+        torch = ("torch",) if with_torch else ()
+        if not vs_torch:
+            return ("fastnorm", "numpy", "graph") + torch
+        notebook = case.shape == suite.NOTEBOOK_SHAPE and case.dtype == "float64"
+        return ("fastnorm",) + torch + (("graph",) if notebook else ())
+
+    return roles
+
+
+def _copy_bandwidth(repeat: int, clock_mode: str):
+    """Seconds per copy of an array larger than the last-level cache: (bytes, samples).
+    The copy runs on one thread, so it takes that clock: with 'auto' the CPU
+    time, which other processes inflate least (a conservative yardstick)."""
+    from . import machine, timing
+
+    nbytes = max(COPY_MIN_BYTES, 2 * machine.last_level_cache_bytes())
+    clock = timing.CLOCKS[timing.clock_for(clock_mode, 1)]
+    _, copies = timing.copy_bandwidth(nbytes, repeat, clock=clock)
+    return nbytes, list(copies.samples)
+
+
+def measure(args):
+    import statistics
+
+    from . import machine, report, runner, suite, targets, timing, torch_anchor
+
+    load_before = machine.load_average()
+    settings = _settings(args)
+    with_torch = settings["torch"] and torch_anchor.available()
+    kind = "vs-torch" if args.vs_torch else "bench"
+    cases = suite.cases([tuple(s) for s in settings["shapes"]], settings["dtypes"], settings["ops"])
+    # copy bandwidth before and after the cells, pooled: drift over the run shows in both
+    copy_bytes, copy_samples = _copy_bandwidth(settings["repeat"], args.clock)
+    plan = runner.Plan(settings["repeat"], settings["min_time_s"], settings["budget_s"], args.clock)
+    cells = runner.run_cells(cases, settings["threads"], _roles_of(args.vs_torch, with_torch), plan,
+                             progress=not args.no_progress)
+    copy_samples += _copy_bandwidth(settings["repeat"], args.clock)[1]
+    copy_gbps = timing.gb_per_s(2 * copy_bytes, statistics.median(copy_samples))
+    verdicts = (targets.check_vs_torch(cells, copy_gbps) if args.vs_torch else targets.check_bench(cells))
+    info = machine.describe(torch_anchor.version() if with_torch else None, load_before)
+    return report.Run(kind, info, settings, copy_gbps, copy_samples, copy_bytes, cells, verdicts)
+
+
+def run(args) -> int:
+    from . import report, torch_anchor
+
+    if args.vs_torch and (args.no_torch or not torch_anchor.available()):
+        print("fastnorm bench --vs-torch needs PyTorch: pip install torch==2.13.0", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    result = measure(args)
+    paths = report.write_all(result, args.out)
+    print(report.text_report(result))
+    if args.vs_torch:
+        print("\nMarkdown (for the README):\n")
+        print(report.markdown_report(result))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())} "
+          f"in {time.perf_counter() - started:.0f} s")
+    missed = any(v.checked and not v.passed for v in result.verdicts)
+    return 1 if args.check and missed else 0

@@ -1,0 +1,250 @@
+"""A run's results as a text table, a Markdown table, JSON and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import machine
+from .suite import OP_LABELS
+
+MISS_MARK = "✗"
+JSON_NAME = "{kind}.json"
+CHART_NAME = "{kind}.png"
+TABLE_NAME = "{kind}.txt"
+MARKDOWN_NAME = "{kind}.md"
+
+
+@dataclass
+class Run:
+    """Everything one `fastnorm bench` invocation measured."""
+
+    kind: str  # "bench" or "vs-torch"
+    info: dict  # machine.describe()
+    settings: dict
+    copy_gbps: float
+    copy_samples_s: list[float]
+    copy_bytes: int
+    cells: list  # runner.Cell
+    verdicts: list  # targets.Verdict
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "machine": self.info,
+            "settings": self.settings,
+            "copy": {"gbps": self.copy_gbps, "bytes": self.copy_bytes, "samples_s": self.copy_samples_s},
+            "cells": [cell.as_dict(self.copy_gbps) for cell in self.cells],
+            "targets": [v.as_dict() for v in self.verdicts],
+        }
+
+
+# -- formatting of single values ------------------------------------------------------------
+
+def seconds_text(seconds: float | None) -> str:
+    """Time with a unit that keeps 3-4 significant digits: '812 ns', '12.3 µs', '4.56 ms'."""
+    if seconds is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def speedup_text(speedup: float | None, missed: bool = False) -> str:
+    if speedup is None:
+        return "-"
+    return f"{speedup:.2f}x" + (f" {MISS_MARK}" if missed else "")
+
+
+def gbps_text(cell, copy_gbps: float) -> str:
+    """'12.3 (71%)' for large arrays, where GB/s means memory traffic; '-' for cached ones."""
+    if not cell.case.is_large:
+        return "-"
+    mark = f" {MISS_MARK}" if "bandwidth" in cell.misses else ""
+    return f"{cell.gbps:.1f} ({cell.gbps / copy_gbps:.0%}){mark}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """Aligned plain text, or a Markdown pipe table."""
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def render(cols) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
+
+    return "\n".join([render(headers), render(["-" * w for w in widths])] + [render(r) for r in rows])
+
+
+# -- the two layouts --------------------------------------------------------------------------
+
+def _case_columns(case) -> list[str]:
+    return [OP_LABELS[case.op], case.shape_text, case.dtype]
+
+
+def bench_rows(run: Run) -> tuple[list[str], list[list[str]]]:
+    """One row per cell: fastnorm against each anchor, and its GB/s."""
+    headers = ["op", "shape", "dtype", "thr", "fastnorm", "numpy", "vs numpy", "graph", "vs graph",
+               "torch", "vs torch", "GB/s (of copy)"]
+    rows = []
+    for cell in run.cells:
+        row = _case_columns(cell.case) + [str(cell.threads), seconds_text(cell.seconds("fastnorm"))]
+        for role, tag in (("numpy", ("numpy", "simplified")), ("graph", ("graph",)), ("torch", ("torch",))):
+            missed = any(t in cell.misses for t in tag)
+            row += [seconds_text(cell.seconds(role)), speedup_text(cell.speedup(role), missed)]
+        rows.append(row + [gbps_text(cell, run.copy_gbps)])
+    return headers, rows
+
+
+def _by_case(cells) -> dict:
+    """Cells grouped by case, in run order: {case: {threads: cell}}."""
+    grouped: dict = {}
+    for cell in cells:
+        grouped.setdefault(cell.case, {})[cell.threads] = cell
+    return grouped
+
+
+def matrix_rows(run: Run) -> tuple[list[str], list[list[str]]]:
+    """One row per case, a group of columns per thread count: fastnorm, torch, the
+    speedup over torch, GB/s for large arrays."""
+    thread_counts = sorted({cell.threads for cell in run.cells})
+    headers = ["op", "shape", "dtype"]
+    for t in thread_counts:
+        headers += [f"fastnorm {t}t", f"torch {t}t", f"vs torch {t}t", f"GB/s {t}t"]
+    rows = []
+    for case, by_threads in _by_case(run.cells).items():
+        row = _case_columns(case)
+        for t in thread_counts:
+            cell = by_threads.get(t)
+            if cell is None:
+                row += ["-"] * 4
+                continue
+            missed = "torch" in cell.misses or "overhead" in cell.misses
+            row += [seconds_text(cell.seconds("fastnorm")), seconds_text(cell.seconds("torch")),
+                    speedup_text(cell.speedup("torch"), missed), gbps_text(cell, run.copy_gbps)]
+        rows.append(row)
+    return headers, rows
+
+
+def _graph_lines(run: Run) -> list[str]:
+    """The graph-backward speedups, which have no column in the matrix."""
+    return [f"{OP_LABELS[c.case.op]} {c.case.shape_text} {c.case.dtype} {c.threads}t: fused is "
+            f"{speedup_text(c.speedup('graph'), 'graph' in c.misses)} faster than the graph backward"
+            for c in run.cells if "graph" in c.timings and run.kind == "vs-torch"]
+
+
+def _rounds_text(run: Run) -> str:
+    """'5', or '3-5' when the time budget cut the rounds of slow cells."""
+    counts = {len(t.samples) for cell in run.cells for t in cell.timings.values()}
+    low, high = min(counts, default=0), max(counts, default=0)
+    return str(high) if low == high else f"{low}-{high}"
+
+
+def _clock_line(run: Run) -> str:
+    if run.settings["clock"] == "wall":
+        return "Times are wall time."
+    return ("Times: CPU time of the process for 1-thread cells (steady when other processes share "
+            "the cores), wall time for more threads.")
+
+
+def text_report(run: Run) -> str:
+    """The table, the copy bandwidth, and a line per target."""
+    headers, rows = matrix_rows(run) if run.kind == "vs-torch" else bench_rows(run)
+    parts = [
+        f"fastnorm {run.kind}: {machine.one_line(run.info)}",
+        f"median of {_rounds_text(run)} interleaved runs per contender; 'vs X' = X's time / "
+        f"fastnorm's (>1: fastnorm faster); {MISS_MARK} marks a missed target",
+        f"copy bandwidth (np.copyto of {run.copy_bytes / 2**20:.0f} MiB, one thread, before and after "
+        f"the cells): {run.copy_gbps:.1f} GB/s; "
+        f"GB/s of arrays >= 16 MiB count the minimum traffic (fwd 2x, bwd 3x the array)",
+        _clock_line(run),
+        *filter(None, [machine.load_note(run.info)]),
+        "",
+        format_table(headers, rows),
+        "",
+        *_graph_lines(run),
+        "targets:",
+    ]
+    for verdict in run.verdicts:
+        parts += ["  " + verdict.line()] + [f"    missed: {where}" for where in verdict.missed]
+    return "\n".join(parts)
+
+
+def markdown_report(run: Run) -> str:
+    """The table for the README, with the machine named."""
+    headers, rows = matrix_rows(run) if run.kind == "vs-torch" else bench_rows(run)
+    return "\n".join([
+        f"Machine: {machine.one_line(run.info)}. Copy bandwidth {run.copy_gbps:.1f} GB/s.",
+        f"Median of {_rounds_text(run)} interleaved runs; 'vs X' = X's time / fastnorm's; "
+        f"{MISS_MARK} = target missed. {_clock_line(run)}",
+        *filter(None, [machine.load_note(run.info)]),
+        "",
+        format_table(headers, rows, markdown=True),
+        "",
+        *_graph_lines(run),
+    ]).rstrip()
+
+
+# -- files ------------------------------------------------------------------------------------
+
+def write_json(run: Run, path: Path) -> None:
+    path.write_text(json.dumps(run.as_dict(), indent=1) + "\n")
+
+
+def _chart_series(run: Run) -> list[tuple[str, Callable]]:
+    """(label, cell -> speedup) of each bar series."""
+    thread_counts = sorted({cell.threads for cell in run.cells})
+    roles = ("torch",) if run.kind == "vs-torch" else ("numpy", "graph", "torch")
+    present = [r for r in roles if any(r in c.timings for c in run.cells)]
+    return [(f"vs {role}, {t} thread{'s' * (t > 1)}",
+             lambda cell, role=role, t=t: cell.speedup(role) if cell.threads == t else None)
+            for role in present for t in thread_counts]
+
+
+def write_chart(run: Run, path: Path) -> None:
+    """Horizontal bars of fastnorm's speedup per case (log scale), a line at 1x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = _by_case(run.cells)
+    labels = [f"{OP_LABELS[c.op]} {c.shape_text} f{c.dtype[5:]}" for c in grouped]
+    series = _chart_series(run)
+    height = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.28 * len(labels) * max(1, len(series) / 2)))
+    for k, (label, speedup_of) in enumerate(series):
+        values = [_first([speedup_of(c) for c in by_t.values()]) for by_t in grouped.values()]
+        bars = [(i + k * height, v) for i, v in enumerate(values) if v]  # a log axis has no 0
+        ax.barh([y for y, _ in bars], [v for _, v in bars], height=height, label=label)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(labels))], labels, fontsize=7)
+    ax.set_ylim(len(labels) - 0.1, -0.3)  # first case on top, no empty margins
+    ax.set_xlabel("speedup of fastnorm (anchor's time / fastnorm's), log scale")
+    ax.set_title(f"fastnorm {run.kind}: {run.info['cpu']}, {run.info['cores']} cores", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _first(values):
+    return next((v for v in values if v is not None), None)
+
+
+def write_all(run: Run, out_dir: Path) -> dict[str, Path]:
+    """Table, Markdown, JSON and chart into out_dir; returns the paths by kind."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / pattern.format(kind=run.kind) for name, pattern in
+             (("table", TABLE_NAME), ("markdown", MARKDOWN_NAME), ("json", JSON_NAME), ("chart", CHART_NAME))}
+    paths["table"].write_text(text_report(run) + "\n")
+    paths["markdown"].write_text(markdown_report(run) + "\n")
+    write_json(run, paths["json"])
+    write_chart(run, paths["chart"])
+    return paths

@@ -1,0 +1,65 @@
+# Stub of the compiled module fastnorm._kernels (src/_kernels.pyx).
+# Every array is C-contiguous; `floating` arrays of one call share one dtype,
+# float32 or float64. Callers (fastnorm.normalization) validate and allocate.
+import numpy as np
+from numpy.typing import NDArray
+
+_F = NDArray[np.float32] | NDArray[np.float64]
+
+SOURCE_HASH: str
+
+def openmp_enabled() -> bool: ...
+def max_threads() -> int: ...
+def batchnorm_forward(
+    x: _F,                       # const floating[:, ::1] (N, D)
+    gamma: _F,                   # const floating[::1] (D,)
+    beta: _F,                    # const floating[::1] (D,)
+    running_mean: _F,            # const floating[::1] (D,)
+    running_var: _F,             # const floating[::1] (D,)
+    train: bool,                 # bint
+    momentum: float,             # double
+    eps: float,                  # double
+    ddof: int,                   # int, 0 or 1
+    out: _F,                     # floating[:, ::1] (N, D) OUT
+    mean: NDArray[np.float64],   # double[::1] (D,) OUT
+    inv_std: NDArray[np.float64],  # double[::1] (D,) OUT
+    running_mean_out: _F,        # floating[::1] (D,) OUT
+    running_var_out: _F,         # floating[::1] (D,) OUT
+    n_threads: int,              # int
+) -> None: ...
+def batchnorm_backward(
+    dout: _F,                    # const floating[:, ::1] (N, D)
+    x: _F,                       # const floating[:, ::1] (N, D)
+    mean: NDArray[np.float64],   # const double[::1] (D,)
+    inv_std: NDArray[np.float64],  # const double[::1] (D,)
+    gamma: _F,                   # const floating[::1] (D,)
+    train: bool,                 # bint
+    ddof: int,                   # int
+    dx: _F,                      # floating[:, ::1] (N, D) OUT
+    dgamma: _F,                  # floating[::1] (D,) OUT
+    dbeta: _F,                   # floating[::1] (D,) OUT
+    n_threads: int,              # int
+) -> None: ...
+def layernorm_forward(
+    x: _F,                       # const floating[:, ::1] (N, D)
+    gamma: _F,                   # const floating[::1] (D,)
+    beta: _F,                    # const floating[::1] (D,)
+    eps: float,                  # double
+    ddof: int,                   # int
+    out: _F,                     # floating[:, ::1] (N, D) OUT
+    mean: NDArray[np.float64],   # double[::1] (N,) OUT
+    inv_std: NDArray[np.float64],  # double[::1] (N,) OUT
+    n_threads: int,              # int
+) -> None: ...
+def layernorm_backward(
+    dout: _F,                    # const floating[:, ::1] (N, D)
+    x: _F,                       # const floating[:, ::1] (N, D)
+    mean: NDArray[np.float64],   # const double[::1] (N,)
+    inv_std: NDArray[np.float64],  # const double[::1] (N,)
+    gamma: _F,                   # const floating[::1] (D,)
+    ddof: int,                   # int
+    dx: _F,                      # floating[:, ::1] (N, D) OUT
+    dgamma: _F,                  # floating[::1] (D,) OUT
+    dbeta: _F,                   # floating[::1] (D,) OUT
+    n_threads: int,              # int
+) -> None: ...

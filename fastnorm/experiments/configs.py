@@ -1,0 +1,94 @@
+"""Settings of the notebook's four experiments, and the smaller --quick ones.
+
+Each experiment is a set of models that differ only in normalization, weight
+scale and batch size; everything else (architecture, optimizer, epochs, number
+of training samples) is shared and listed in its ExperimentConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+EXPERIMENTS = ("bn-vs-baseline", "weight-scale", "batch-size", "layernorm-batch-size")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained model of an experiment."""
+
+    label: str                 # legend label, as the notebook names the curve
+    normalization: str | None  # None, 'batchnorm' or 'layernorm'
+    weight_scale: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    normalization: str                  # the normalized models' kind
+    hidden_dims: tuple[int, ...]
+    weight_scales: tuple[float, ...]
+    batch_sizes: tuple[int, ...]        # of the normalized models
+    baseline_batch_size: int            # the un-normalized model's, one per weight scale
+    learning_rate: float
+    num_epochs: int
+    num_train: int = 1000               # training samples taken from the dataset
+    update_rule: str = "adam"
+
+    def models(self) -> list[ModelSpec]:
+        """The baseline, then the normalized models, for each weight scale."""
+        specs = []
+        for scale in self.weight_scales:
+            specs.append(ModelSpec(_label("baseline", self.baseline_batch_size, self),
+                                   None, scale, self.baseline_batch_size))
+            specs += [ModelSpec(_label("with_norm", size, self), self.normalization, scale, size)
+                      for size in self.batch_sizes]
+        return specs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _label(stem: str, batch_size: int, config: ExperimentConfig) -> str:
+    # The notebook appends the batch size to the legend only in the batch-size plots.
+    return f"{stem}{batch_size}" if len(config.batch_sizes) > 1 else stem
+
+
+def _notebook() -> dict[str, ExperimentConfig]:
+    deep = dict(hidden_dims=(100,) * 5, weight_scales=(2e-2,))
+    batch_sweep = dict(deep, batch_sizes=(5, 10, 50), baseline_batch_size=5,
+                       learning_rate=10 ** -3.5, num_epochs=10)
+    return {
+        "bn-vs-baseline": ExperimentConfig(
+            "bn-vs-baseline", "batchnorm", batch_sizes=(50,), baseline_batch_size=50,
+            learning_rate=1e-3, num_epochs=10, **deep),
+        "weight-scale": ExperimentConfig(
+            "weight-scale", "batchnorm", hidden_dims=(50,) * 7,
+            weight_scales=tuple(float(s) for s in np.logspace(-4, 0, num=20)),
+            batch_sizes=(50,), baseline_batch_size=50, learning_rate=1e-3, num_epochs=10),
+        "batch-size": ExperimentConfig("batch-size", "batchnorm", **batch_sweep),
+        "layernorm-batch-size": ExperimentConfig("layernorm-batch-size", "layernorm", **batch_sweep),
+    }
+
+
+# What --quick changes: fewer epochs and a coarser weight-scale sweep (the same
+# range), so that `all` runs in well under a minute on two cores.
+QUICK_CHANGES: dict[str, dict] = {
+    "bn-vs-baseline": {},  # already quick: two models of 200 iterations
+    "weight-scale": dict(num_epochs=5, weight_scales=tuple(float(s) for s in np.logspace(-4, 0, num=9))),
+    "batch-size": dict(num_epochs=4),
+    "layernorm-batch-size": dict(num_epochs=4),
+}
+
+NOTEBOOK: dict[str, ExperimentConfig] = _notebook()
+
+
+def get_config(name: str, quick: bool = False) -> ExperimentConfig:
+    """The notebook's settings of experiment `name`, or the --quick ones."""
+    if name not in NOTEBOOK:
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    config = NOTEBOOK[name]
+    return dataclasses.replace(config, **QUICK_CHANGES[name]) if quick else config

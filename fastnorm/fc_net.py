@@ -1,0 +1,210 @@
+"""The notebook's FullyConnectedNet, on the compiled normalization kernels.
+
+    model = FullyConnectedNet([100, 100], input_dim=3 * 32 * 32, num_classes=10,
+                              normalization="batchnorm", weight_scale=2e-2)
+    loss, grads = model.loss(X, y)   # X (N, d_1, ..., d_k), y (N,): train mode
+    scores = model.loss(X)           # y=None: test mode, scores (N, C)
+
+Architecture: {affine - [batch/layer norm] - relu - [dropout]} x (L - 1) -
+affine - softmax, with L = len(hidden_dims) + 1. ``kernels="reference"`` runs
+the same model on the NumPy normalization of ``fastnorm.reference`` instead of
+the compiled kernels, so the two can be timed on identical models.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import layers, normalization, reference
+from ._validate import as_real_array
+
+NORMALIZATIONS = (None, "batchnorm", "layernorm")
+KERNELS = ("fast", "reference")
+
+__all__ = ["FullyConnectedNet", "NORMALIZATIONS", "KERNELS"]
+
+
+def _positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finite_number(name, value, low, high=np.inf, low_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < low or value > high or (low_open and value == low):
+        raise ValueError(f"{name} must be finite and in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+    return value
+
+
+class FullyConnectedNet:
+    """A fully-connected net with optional batch/layer norm and inverted dropout.
+
+    Parameters
+    ----------
+    hidden_dims : sequence of ints, the size of each hidden layer (may be empty).
+    input_dim : int, values per sample (X of shape (N, d_1, ..., d_k) is flattened).
+    num_classes : int, C.
+    dropout_keep_ratio : keep probability in (0, 1]; 1 means no dropout.
+    normalization : None, "batchnorm" or "layernorm" (after each hidden affine).
+    reg : L2 strength; the loss adds 0.5 * reg * sum of ||W||^2 (weights only).
+    weight_scale : std of the normal initial weights.
+    dtype : np.float32 or np.float64; parameters and computation use it.
+    seed : when given, dropout masks come from a generator made from it on each
+        loss call, so every call draws the same masks (for gradient checks);
+        without it, masks come from NumPy's global generator.
+    kernels : "fast" (the compiled kernels) or "reference" (fastnorm.reference's NumPy
+        forward and simplified backward, batchnorm_backward_alt), same results to round-off.
+
+    Initialisation, layer by layer in order: W = weight_scale * np.random.randn(in, out)
+    from NumPy's global generator, b zeros, gamma ones, beta zeros, all cast to dtype.
+    Parameters are W1..WL, b1..bL and, when normalized, gamma1..gamma(L-1), beta1..beta(L-1).
+    ``bn_params`` holds one independent dict per normalized layer (its running
+    statistics for batch norm); ``dropout_param`` the dropout settings.
+    """
+
+    def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
+                 normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32, seed=None,
+                 kernels="fast"):
+        hidden = [_positive_int(f"hidden_dims[{i}]", h) for i, h in enumerate(self._as_list(hidden_dims))]
+        self.input_dim = _positive_int("input_dim", input_dim)
+        self.num_classes = _positive_int("num_classes", num_classes)
+        keep = _finite_number("dropout_keep_ratio", dropout_keep_ratio, 0.0, 1.0, low_open=True)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        self.reg = _finite_number("reg", reg, 0.0)
+        weight_scale = _finite_number("weight_scale", weight_scale, 0.0)
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+
+        self.normalization = normalization
+        self.kernels = kernels
+        self.use_dropout = keep != 1
+        self.num_layers = len(hidden) + 1
+        self.dtype = dtype
+        self.seed = seed
+        self.params = self._init_params([self.input_dim, *hidden, self.num_classes], weight_scale)
+        self.dropout_param = {"mode": "train", "p": keep} if self.use_dropout else {}
+        if seed is not None and self.use_dropout:
+            self.dropout_param["seed"] = seed
+        n_norm = self.num_layers - 1 if normalization else 0
+        self.bn_params = [{"mode": "train"} for _ in range(n_norm)]
+
+    @staticmethod
+    def _as_list(hidden_dims):
+        if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
+            raise TypeError(f"hidden_dims must be a sequence of ints, got {hidden_dims!r}")
+        return list(hidden_dims)
+
+    def _init_params(self, dims, weight_scale):
+        # layer by layer, in this order, so np.random.seed(...) reproduces the notebook's nets
+        params = {}
+        for i in range(1, len(dims)):
+            fan_in, fan_out = dims[i - 1], dims[i]
+            params[f"W{i}"] = (weight_scale * np.random.randn(fan_in, fan_out)).astype(self.dtype)
+            params[f"b{i}"] = np.zeros(fan_out, dtype=self.dtype)
+            if self.normalization and i < len(dims) - 1:
+                params[f"gamma{i}"] = np.ones(fan_out, dtype=self.dtype)
+                params[f"beta{i}"] = np.zeros(fan_out, dtype=self.dtype)
+        return params
+
+    # ------------------------------------------------------------ helpers
+
+    def _norm_functions(self):
+        """(forward, backward) of the configured normalization and kernels."""
+        module = normalization if self.kernels == "fast" else reference
+        if self.normalization == "batchnorm":
+            return module.batchnorm_forward, module.batchnorm_backward_alt
+        return module.layernorm_forward, module.layernorm_backward
+
+    def check_inputs(self, X, y=None):
+        """X as an (N, ...) array of self.dtype with input_dim values per sample; y checked labels."""
+        X = as_real_array("X", X)
+        if X.ndim < 2 or X.shape[0] == 0:
+            raise ValueError(f"X must be (N, d_1, ..., d_k) with N >= 1, got shape {X.shape}")
+        row = int(np.prod(X.shape[1:], dtype=np.int64))
+        if row != self.input_dim:
+            raise ValueError(
+                f"X of shape {X.shape} has {row} values per sample but the model's input_dim is {self.input_dim}"
+            )
+        if y is not None:
+            y = layers.check_labels(y, X.shape[0], self.num_classes)
+        return X.astype(self.dtype, copy=False), y
+
+    # ------------------------------------------------------------ loss
+
+    def loss(self, X, y=None):
+        """Scores (N, C) when y is None (test mode); else (loss, grads) in train mode.
+
+        grads[k] has the shape and dtype of params[k].
+        """
+        X, y = self.check_inputs(X, y)
+        mode = "test" if y is None else "train"
+        for bn_param in self.bn_params:
+            bn_param["mode"] = mode
+        if self.use_dropout:
+            self.dropout_param["mode"] = mode
+        drop = dict(self.dropout_param)  # per call: the seeded generator must not persist
+        if "seed" in drop:
+            drop["rng"] = np.random.default_rng(drop.pop("seed"))
+
+        scores, caches = self._forward(X, drop)
+        if y is None:
+            return scores
+        loss, dscores = layers.softmax_loss(scores, y)
+        grads = self._backward(dscores, caches)
+        for i in range(1, self.num_layers + 1):
+            W = self.params[f"W{i}"]
+            loss += 0.5 * self.reg * float(np.sum(W * W))
+            grads[f"W{i}"] += self.reg * W
+        return loss, grads
+
+    def _forward(self, X, drop):
+        """Scores (N, C) and the per-layer caches."""
+        norm_forward = self._norm_functions()[0] if self.normalization else None
+        caches = []
+        h = X
+        for i in range(1, self.num_layers):
+            h, c_aff = layers.affine_forward(h, self.params[f"W{i}"], self.params[f"b{i}"])
+            c_norm = c_drop = None
+            if norm_forward:
+                h, c_norm = norm_forward(h, self.params[f"gamma{i}"], self.params[f"beta{i}"],
+                                         self.bn_params[i - 1])
+            h, c_relu = layers.relu_forward(h)
+            if self.use_dropout:
+                h, c_drop = layers.dropout_forward(h, drop)
+            caches.append((c_aff, c_norm, c_relu, c_drop))
+        L = self.num_layers
+        scores, c_last = layers.affine_forward(h, self.params[f"W{L}"], self.params[f"b{L}"])
+        caches.append(c_last)
+        return scores, caches
+
+    def _backward(self, dscores, caches):
+        """Gradients of every parameter from dscores (N, C), without the L2 term."""
+        norm_backward = self._norm_functions()[1] if self.normalization else None
+        grads = {}
+        L = self.num_layers
+        dh, grads[f"W{L}"], grads[f"b{L}"] = layers.affine_backward(dscores, caches[-1])
+        for i in range(L - 1, 0, -1):
+            c_aff, c_norm, c_relu, c_drop = caches[i - 1]
+            if self.use_dropout:
+                dh = layers.dropout_backward(dh, c_drop)
+            dh = layers.relu_backward(dh, c_relu)
+            if norm_backward:
+                dh, grads[f"gamma{i}"], grads[f"beta{i}"] = norm_backward(dh, c_norm)
+            dh, grads[f"W{i}"], grads[f"b{i}"] = layers.affine_backward(dh, c_aff)
+        return grads
+
+    def __repr__(self):
+        hidden = [self.params[f"W{i}"].shape[1] for i in range(1, self.num_layers)]
+        return (f"FullyConnectedNet({hidden}, input_dim={self.input_dim}, num_classes={self.num_classes}, "
+                f"normalization={self.normalization!r}, dtype={self.dtype.name}, kernels={self.kernels!r})")

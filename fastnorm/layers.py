@@ -1,0 +1,211 @@
+"""The notebook's layers: affine, ReLU, inverted dropout, softmax loss, and the norms.
+
+Every forward returns ``(out, cache)`` and every backward takes
+``(dout, cache)``, as in the notebook. Arrays keep their dtype: float32 in,
+float32 through (NumPy's type promotion decides when dtypes are mixed).
+
+    out, cache = affine_forward(x, w, b)      # x (N, d_1, ..., d_k), w (D, M), b (M,)
+    dx, dw, db = affine_backward(dout, cache)
+    out, cache = relu_forward(x)
+    out, cache = dropout_forward(x, {"mode": "train", "p": 0.5})
+    loss, dx = softmax_loss(scores, y)        # scores (N, C), y (N,) ints in [0, C)
+
+The normalization functions are the compiled ones of ``fastnorm``;
+``fastnorm.reference`` holds their NumPy twins.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._validate import as_real_array
+from .normalization import (
+    batchnorm_backward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
+
+__all__ = [
+    "affine_forward",
+    "affine_backward",
+    "relu_forward",
+    "relu_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "softmax_loss",
+    "check_labels",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_backward_alt",
+    "layernorm_forward",
+    "layernorm_backward",
+]
+
+
+# ---------------------------------------------------------------- affine
+
+def _check_affine(x, w, b):
+    x = as_real_array("x", x)
+    w = as_real_array("w", w)
+    b = as_real_array("b", b)
+    if x.ndim < 1 or w.ndim != 2 or b.ndim != 1:
+        raise ValueError(
+            f"affine needs x (N, ...), w (D, M) and b (M,), got shapes {x.shape}, {w.shape}, {b.shape}"
+        )
+    D, M = w.shape
+    row = int(np.prod(x.shape[1:], dtype=np.int64))
+    if row != D or b.shape != (M,):
+        raise ValueError(
+            f"affine: x of shape {x.shape} has {row} values per sample, w is {w.shape} "
+            f"and b is {b.shape}; need w (D, M) = ({row}, M) and b (M,)"
+        )
+    return x, w, b
+
+
+def affine_forward(x, w, b):
+    """out = x.reshape(N, D) @ w + b.
+
+    x: (N, d_1, ..., d_k) with D = d_1 * ... * d_k; w: (D, M); b: (M,).
+    Returns out (N, M) and cache (x, w, b).
+    """
+    x, w, b = _check_affine(x, w, b)
+    out = x.reshape(x.shape[0], -1) @ w + b
+    return out, (x, w, b)
+
+
+def affine_backward(dout, cache):
+    """dout (N, M) -> dx (shape of x), dw (D, M), db (M,)."""
+    x, w, b = cache
+    dout = as_real_array("dout", dout)
+    if dout.shape != (x.shape[0], w.shape[1]):
+        raise ValueError(f"dout must have shape (N, M) = {(x.shape[0], w.shape[1])}, got {dout.shape}")
+    dx = (dout @ w.T).reshape(x.shape)
+    dw = x.reshape(x.shape[0], -1).T @ dout
+    db = dout.sum(axis=0)
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------- relu
+
+def relu_forward(x):
+    """out = max(0, x), any shape; the cache is x."""
+    x = as_real_array("x", x)
+    return np.maximum(x, 0), x
+
+
+def relu_backward(dout, cache):
+    """dx = dout where x > 0, else 0 (the subgradient at 0 is taken as 0)."""
+    x = cache
+    dout = as_real_array("dout", dout)
+    if dout.shape != x.shape:
+        raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
+    return np.where(x > 0, dout, np.zeros((), dout.dtype))
+
+
+# ---------------------------------------------------------------- dropout
+
+def _check_dropout_param(dropout_param):
+    if not isinstance(dropout_param, dict):
+        raise TypeError(f"dropout_param must be a dict, got {type(dropout_param).__name__}")
+    mode = dropout_param.get("mode")
+    if mode not in ("train", "test"):
+        raise ValueError(f"dropout_param['mode'] must be 'train' or 'test', got {mode!r}")
+    p = dropout_param.get("p")
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+        raise ValueError(f"dropout_param['p'] is the keep probability, a number in (0, 1], got {p!r}")
+    rng = dropout_param.get("rng")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"dropout_param['rng'] must be a numpy Generator, got {type(rng).__name__}")
+    return mode, float(p)
+
+
+def _uniform(shape, dropout_param):
+    """Uniform [0, 1) draws of `shape` from the param's generator, its seed, or NumPy's global one."""
+    rng = dropout_param.get("rng")
+    if rng is None and dropout_param.get("seed") is not None:
+        # a fresh generator per call: the same seed gives the same mask every call,
+        # without reseeding (and so disturbing) NumPy's global generator
+        rng = np.random.default_rng(dropout_param["seed"])
+    if rng is None:
+        return np.random.rand(*shape)
+    return rng.random(shape)
+
+
+def dropout_forward(x, dropout_param):
+    """Inverted dropout: keep each unit with probability p and scale it by 1/p.
+
+    dropout_param: 'mode' ('train' or 'test'), 'p' (keep probability in (0, 1]),
+    optional 'seed' (same mask on every call) or 'rng' (a np.random.Generator
+    to draw from); without either, masks come from NumPy's global generator.
+    In test mode out is x. Returns out (shape of x) and cache (dropout_param, mask).
+    """
+    mode, p = _check_dropout_param(dropout_param)
+    x = as_real_array("x", x)
+    if mode == "test" or p == 1:
+        return x.copy(), (dropout_param, None)
+    dtype = x.dtype if x.dtype.kind == "f" else np.float64
+    mask = ((_uniform(x.shape, dropout_param) < p) / p).astype(dtype, copy=False)
+    return x * mask, (dropout_param, mask)
+
+
+def dropout_backward(dout, cache):
+    """dx = dout * mask in train mode, dout in test mode."""
+    _, mask = cache
+    dout = as_real_array("dout", dout)
+    if mask is None:
+        return dout.copy()
+    if dout.shape != mask.shape:
+        raise ValueError(f"dout must have the shape of x {mask.shape}, got {dout.shape}")
+    return dout * mask
+
+
+# ---------------------------------------------------------------- softmax loss
+
+def check_labels(y, n_samples: int, num_classes: int, name: str = "y") -> np.ndarray:
+    """y as an integer array of shape (n_samples,) with values in [0, num_classes)."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != n_samples:
+        raise ValueError(f"{name} must have shape ({n_samples},) to match the scores/inputs, got {y.shape}")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        elif y.size:
+            raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        else:
+            y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            f"{name} has labels outside [0, {num_classes}): min {y.min()}, max {y.max()}"
+        )
+    return y
+
+
+def softmax_loss(x, y):
+    """Mean cross-entropy of the softmax of scores x (N, C) for labels y (N,).
+
+    The scores are shifted by their row maximum first, so large scores do not
+    overflow. Returns the loss (a Python float) and dx (N, C) in x's dtype.
+    """
+    x = as_real_array("x", x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"scores must be 2-D (N, C) with N >= 1, got shape {x.shape}")
+    N, C = x.shape
+    y = check_labels(y, N, C)
+    shifted = x - x.max(axis=1, keepdims=True)
+    Z = np.exp(shifted).sum(axis=1, keepdims=True)
+    probs = np.exp(shifted) / Z
+    rows = np.arange(N)
+    correct = probs[rows, y]
+    # log of the probability, except where it underflowed to 0: there the
+    # log-softmax form, which stays finite
+    fine = correct > 0
+    log_correct = np.where(fine, np.log(np.where(fine, correct, 1)), shifted[rows, y] - np.log(Z[:, 0]))
+    loss = -log_correct.sum() / N
+    dx = probs
+    dx[rows, y] -= 1
+    dx /= N
+    return float(loss), dx

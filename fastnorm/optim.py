@@ -1,0 +1,107 @@
+"""First-order update rules, with the notebook's interface:
+
+    next_w, config = rule(w, dw, config=None)
+
+w and dw are arrays of one shape; config is a dict of hyperparameters and the
+rule's state (velocity, moments, step count). A missing key gets its default,
+written into the dict, and the same dict is returned with the new state, so
+pass it back on the next step. Inputs are not modified: next_w is a new array
+of w's dtype (float32 stays float32).
+
+Defaults: sgd learning_rate 1e-2; sgd_momentum learning_rate 1e-2, momentum 0.9;
+rmsprop learning_rate 1e-2, decay_rate 0.99, epsilon 1e-8; adam learning_rate
+1e-3, beta1 0.9, beta2 0.999, epsilon 1e-8, t 0 (incremented before each step).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._validate import as_real_array
+
+__all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES"]
+
+_UNIT_OPEN = (0.0, 1.0)  # [0, 1) for momentum and decay rates
+
+
+def _check(w, dw, config, defaults: dict, state: tuple = ()):
+    """Validated (w, dw, config); config gets the defaults only after all checks pass."""
+    w = as_real_array("w", w)
+    dw = as_real_array("dw", dw)
+    if w.shape != dw.shape:
+        raise ValueError(f"w and dw must have the same shape, got {w.shape} and {dw.shape}")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    for key, default in defaults.items():
+        value = config.get(key, default)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+            raise ValueError(f"config['{key}'] must be a finite number, got {value!r}")
+        if key in ("momentum", "decay_rate", "beta1", "beta2") and not _UNIT_OPEN[0] <= value < _UNIT_OPEN[1]:
+            raise ValueError(f"config['{key}'] must be in [0, 1), got {value!r}")
+        if key in ("learning_rate", "epsilon") and value < 0:
+            raise ValueError(f"config['{key}'] must be >= 0, got {value!r}")
+    for key in state:
+        if key in config and np.shape(config[key]) != w.shape:
+            raise ValueError(f"config['{key}'] has shape {np.shape(config[key])}, w has {w.shape}")
+    for key, default in defaults.items():
+        config.setdefault(key, default)
+    for key in state:
+        config.setdefault(key, np.zeros_like(w))
+    return w, dw, config
+
+
+def sgd(w, dw, config=None):
+    """Vanilla SGD: next_w = w - learning_rate * dw."""
+    w, dw, config = _check(w, dw, config, {"learning_rate": 1e-2})
+    return w - config["learning_rate"] * dw, config
+
+
+def sgd_momentum(w, dw, config=None):
+    """SGD with momentum: v = momentum * v - learning_rate * dw; next_w = w + v.
+
+    config: learning_rate, momentum, velocity (zeros of w's shape at first).
+    """
+    w, dw, config = _check(w, dw, config, {"learning_rate": 1e-2, "momentum": 0.9}, ("velocity",))
+    v = config["momentum"] * config["velocity"] - config["learning_rate"] * dw
+    config["velocity"] = v
+    return w + v, config
+
+
+def rmsprop(w, dw, config=None):
+    """RMSProp: cache = decay_rate * cache + (1 - decay_rate) * dw**2;
+    next_w = w - learning_rate * dw / (sqrt(cache) + epsilon).
+    """
+    defaults = {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8}
+    w, dw, config = _check(w, dw, config, defaults, ("cache",))
+    decay = config["decay_rate"]
+    cache = decay * config["cache"] + (1 - decay) * dw * dw
+    config["cache"] = cache
+    return w - config["learning_rate"] * dw / (np.sqrt(cache) + config["epsilon"]), config
+
+
+def adam(w, dw, config=None):
+    """Adam with bias correction; t counts steps from 0 and is incremented first.
+
+    m = beta1 * m + (1 - beta1) * dw;  v = beta2 * v + (1 - beta2) * dw**2
+    next_w = w - learning_rate * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + epsilon)
+    """
+    defaults = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    t = 0 if config is None or not isinstance(config, dict) else config.get("t", 0)
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral) or t < 0:
+        raise ValueError(f"config['t'] must be a non-negative integer, got {t!r}")
+    w, dw, config = _check(w, dw, config, defaults, ("m", "v"))
+    b1, b2 = config["beta1"], config["beta2"]
+    t = int(t) + 1
+    m = b1 * config["m"] + (1 - b1) * dw
+    v = b2 * config["v"] + (1 - b2) * (dw * dw)
+    m_hat = m / (1 - b1**t)
+    v_hat = v / (1 - b2**t)
+    config.update(t=t, m=m, v=v)
+    return w - config["learning_rate"] * m_hat / (np.sqrt(v_hat) + config["epsilon"]), config
+
+
+UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}

@@ -1,0 +1,365 @@
+"""The API contract around the kernels: bad input, dtypes and layouts, the cache,
+caller-provided outputs, running statistics, threads."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import fastnorm as fn
+from fastnorm import reference as ref
+from fastnorm.normalization import BatchNormCache, LayerNormCache
+
+FORWARDS = [
+    pytest.param(fn.batchnorm_forward, {"mode": "train"}, id="bn"),
+    pytest.param(fn.layernorm_forward, {}, id="ln"),
+    pytest.param(ref.batchnorm_forward, {"mode": "train"}, id="ref-bn"),
+    pytest.param(ref.layernorm_forward, {}, id="ref-ln"),
+]
+PAIRS = [
+    pytest.param(fn.batchnorm_forward, fn.batchnorm_backward, {"mode": "train"}, id="bn"),
+    pytest.param(fn.batchnorm_forward, fn.batchnorm_backward_alt, {"mode": "train"}, id="bn-alt"),
+    pytest.param(fn.layernorm_forward, fn.layernorm_backward, {}, id="ln"),
+    pytest.param(ref.batchnorm_forward, ref.batchnorm_backward, {"mode": "train"}, id="ref-bn"),
+    pytest.param(ref.layernorm_forward, ref.layernorm_backward, {}, id="ref-ln"),
+]
+
+
+def inputs(N=4, D=3, dtype=np.float64):
+    rng = np.random.default_rng(5)
+    return (rng.standard_normal((N, D)).astype(dtype), rng.standard_normal(D).astype(dtype),
+            rng.standard_normal(D).astype(dtype))
+
+
+def assert_rejected(forward, args, params, exc, match):
+    """Raises `exc` matching `match`, and leaves every argument as it was."""
+    before = copy.deepcopy((args, params))
+    with pytest.raises(exc, match=match):
+        forward(*args, params)
+    after = (args, params)
+    for a, b in zip(before[0], after[0]):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+    assert before[1].keys() == after[1].keys()
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("forward, params", FORWARDS)
+@pytest.mark.parametrize("x_shape", [(12,), (2, 3, 2), ()])
+def test_x_not_2d(forward, params, x_shape):
+    _, g, b = inputs()
+    x = np.ones(x_shape)
+    assert_rejected(forward, (x, g, b), params, ValueError, r"x must be 2-D \(N, D\).*" + r"\(")
+
+
+@pytest.mark.parametrize("forward, params", FORWARDS)
+@pytest.mark.parametrize("which, shape", [("gamma", (4,)), ("beta", (3, 1)), ("gamma", ())])
+def test_gamma_beta_shape(forward, params, which, shape):
+    x, g, b = inputs()
+    args = {"gamma": g, "beta": b}
+    args[which] = np.ones(shape)
+    assert_rejected(forward, (x, args["gamma"], args["beta"]), params, ValueError,
+                    rf"{which} must have shape \(D,\) = \(3,\) for x of shape \(4, 3\)")
+
+
+@pytest.mark.parametrize("forward, params", FORWARDS)
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0), (0, 0)])
+def test_empty_x(forward, params, shape):
+    x = np.ones(shape)
+    D = shape[1]
+    assert_rejected(forward, (x, np.ones(D), np.ones(D)), params, ValueError, "at least one row and one feature")
+
+
+@pytest.mark.parametrize("forward, params", FORWARDS)
+@pytest.mark.parametrize("bad", [np.ones((4, 3), complex), np.full((4, 3), "a"), np.full((4, 3), None, object)])
+def test_non_real_dtypes_are_type_errors(forward, params, bad):
+    _, g, b = inputs()
+    with pytest.raises(TypeError, match="x "):
+        forward(bad, g, b, dict(params))
+    with pytest.raises(TypeError, match="gamma "):
+        forward(np.ones((4, 3)), bad[0], b, dict(params))
+
+
+@pytest.mark.parametrize("forward", [fn.batchnorm_forward, ref.batchnorm_forward])
+@pytest.mark.parametrize("params, match", [
+    ({}, r"bn_param\['mode'\] is required"),
+    ({"mode": "eval"}, r"bn_param\['mode'\] must be 'train' or 'test', got 'eval'"),
+    ({"mode": None}, r"must be 'train' or 'test'"),
+    ({"mode": "train", "eps": -1e-5}, r"bn_param\['eps'\] must be finite and in"),
+    ({"mode": "train", "eps": float("nan")}, r"bn_param\['eps'\]"),
+    ({"mode": "train", "momentum": 1.5}, r"bn_param\['momentum'\] must be finite and in \[0.0, 1.0\]"),
+    ({"mode": "train", "ddof": 2}, r"bn_param\['ddof'\] must be 0 or 1"),
+    ({"mode": "train", "ddof": True}, r"bn_param\['ddof'\] must be 0 or 1"),
+    ({"mode": "train", "running_mean": np.zeros(4)}, r"bn_param\['running_mean'\] must have shape \(D,\) = \(3,\)"),
+    ({"mode": "test", "running_var": np.zeros((3, 1))}, r"bn_param\['running_var'\] must have shape"),
+])
+def test_bn_param_errors(forward, params, match):
+    x, g, b = inputs()
+    assert_rejected(forward, (x, g, b), params, ValueError, match)
+
+
+@pytest.mark.parametrize("forward", [fn.batchnorm_forward, ref.batchnorm_forward])
+def test_bn_param_type_errors(forward):
+    x, g, b = inputs()
+    with pytest.raises(TypeError, match="bn_param must be a dict"):
+        forward(x, g, b, None)
+    with pytest.raises(TypeError, match=r"bn_param\['eps'\] must be a real number"):
+        forward(x, g, b, {"mode": "train", "eps": "1e-5"})
+    with pytest.raises(TypeError, match=r"bn_param\['running_mean'\] is complex"):
+        forward(x, g, b, {"mode": "train", "running_mean": np.zeros(3, complex)})
+
+
+@pytest.mark.parametrize("forward", [fn.batchnorm_forward, ref.batchnorm_forward])
+def test_train_mode_needs_more_rows_than_ddof(forward):
+    x, g, b = inputs(N=1)
+    assert_rejected(forward, (x, g, b), {"mode": "train", "ddof": 1}, ValueError,
+                    r"ddof=1 needs more than 1 row\(s\), got x of shape \(1, 3\)")
+    out, _ = forward(x, g, b, {"mode": "test", "ddof": 1})  # test mode uses running stats: fine
+    assert out.shape == (1, 3)
+
+
+@pytest.mark.parametrize("forward, backward, params", PAIRS)
+def test_dout_shape_mismatch(forward, backward, params):
+    x, g, b = inputs()
+    _, cache = forward(x, g, b, dict(params))
+    with pytest.raises(ValueError, match=r"dout must have the shape of x \(4, 3\), got \(3, 4\)"):
+        backward(np.ones((3, 4)), cache)
+    with pytest.raises(TypeError, match="dout is complex"):
+        backward(np.ones((4, 3), complex), cache)
+
+
+def test_cache_from_another_function_is_refused():
+    x, g, b = inputs()
+    _, bn_cache = fn.batchnorm_forward(x, g, b, {"mode": "train"})
+    _, ln_cache = fn.layernorm_forward(x, g, b, {})
+    _, ref_cache = ref.batchnorm_forward(x, g, b, {"mode": "train"})
+    dout = np.ones_like(x)
+    with pytest.raises(TypeError, match="cache must be the one returned by batchnorm_forward, got LayerNormCache"):
+        fn.batchnorm_backward(dout, ln_cache)
+    with pytest.raises(TypeError, match="layernorm_forward, got BatchNormCache"):
+        fn.layernorm_backward(dout, bn_cache)
+    with pytest.raises(TypeError, match="batchnorm_forward, got ReferenceCache"):
+        fn.batchnorm_backward(dout, ref_cache)
+    with pytest.raises(TypeError, match="reference.layernorm_forward"):
+        ref.layernorm_backward(dout, ref_cache)
+    with pytest.raises(TypeError):
+        fn.batchnorm_backward(dout, (x, g))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("mean", np.zeros(5), r"cache.mean must be a float64 array of shape \(3,\)"),
+    ("inv_std", np.zeros(3, np.float32), r"cache.inv_std must be a float64"),
+    ("gamma", np.zeros(2), r"cache.gamma must be a float64 array of shape \(3,\)"),
+    ("x", np.zeros((4, 3))[:, ::-1], "cache.x is no longer"),
+    ("ddof", 3, "invalid value"),
+])
+def test_altered_cache_is_refused(field, value, match):
+    x, g, b = inputs()
+    _, cache = fn.batchnorm_forward(x, g, b, {"mode": "train"})
+    setattr(cache, field, value)
+    with pytest.raises(ValueError, match=match):
+        fn.batchnorm_backward(np.ones_like(x), cache)
+
+
+# ---------------------------------------------------------------- dtypes and layouts
+@pytest.mark.parametrize("forward, backward, params", PAIRS)
+@pytest.mark.parametrize("in_dtype, out_dtype", [
+    (np.int64, np.float64), (np.int32, np.float64), (np.uint8, np.float64), (np.bool_, np.float64),
+    (np.float16, np.float32), (np.float32, np.float32), (np.float64, np.float64),
+])
+def test_dtype_conversions(forward, backward, params, in_dtype, out_dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.integers(0, 2, (6, 5)) if in_dtype == np.bool_ else rng.integers(0, 9, (6, 5))).astype(in_dtype)
+    g = np.ones(5, in_dtype)
+    b = np.zeros(5, in_dtype)
+    out, cache = forward(x, g, b, dict(params))
+    assert out.dtype == out_dtype
+    expected, _ = forward(x.astype(out_dtype), g.astype(out_dtype), b.astype(out_dtype), dict(params))
+    np.testing.assert_array_equal(out, expected)
+    dx, dgamma, dbeta = backward(np.ones((6, 5), in_dtype), cache)
+    assert dx.dtype == dgamma.dtype == dbeta.dtype == out_dtype
+
+
+def test_mixed_precision_computes_in_the_result_type():
+    x, g, b = inputs(dtype=np.float32)
+    out, cache = fn.batchnorm_forward(x, g.astype(np.float64), b, {"mode": "train"})
+    assert out.dtype == np.float64
+    expected, _ = fn.batchnorm_forward(x.astype(np.float64), g.astype(np.float64), b.astype(np.float64),
+                                       {"mode": "train"})
+    np.testing.assert_array_equal(out, expected)
+    # float32 cache, float64 dout: the backward runs in float64
+    _, cache32 = fn.layernorm_forward(x, g, b, {})
+    dx, dgamma, _ = fn.layernorm_backward(np.ones((4, 3)), cache32)
+    assert dx.dtype == dgamma.dtype == np.float64
+
+
+def test_python_lists_and_extended_precision():
+    out, _ = fn.layernorm_forward([[1, 2, 3], [4, 5, 7]], [1, 1, 1], [0, 0, 0], {})
+    assert out.dtype == np.float64
+    if np.dtype(np.longdouble).itemsize > 8:
+        with pytest.raises(TypeError, match="not supported"):
+            fn.layernorm_forward(np.ones((2, 3), np.longdouble), np.ones(3), np.zeros(3), {})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layouts_give_identical_results(dtype):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((70, 90)).astype(dtype)
+    g, b = rng.standard_normal(90).astype(dtype), rng.standard_normal(90).astype(dtype)
+    dout = rng.standard_normal((70, 90)).astype(dtype)
+    ro = x.copy()
+    ro.flags.writeable = False
+    big = np.zeros((140, 180), dtype)
+    big[::2, ::2] = x
+    for forward, backward, params in ((fn.batchnorm_forward, fn.batchnorm_backward, {"mode": "train"}),
+                                      (fn.layernorm_forward, fn.layernorm_backward, {})):
+        out, cache = forward(x, g, b, dict(params))
+        grads = backward(dout, cache)
+        for variant in (np.asfortranarray(x), big[::2, ::2], ro):
+            out_v, cache_v = forward(variant, g, b, dict(params))
+            np.testing.assert_array_equal(out_v, out)
+            for got, expected in zip(backward(np.asfortranarray(dout), cache_v), grads):
+                np.testing.assert_array_equal(got, expected)
+
+
+def test_nan_and_inf_propagate_per_feature():
+    x, g, b = inputs(N=6, D=4)
+    x[2, 1] = np.nan
+    x[3, 2] = np.inf
+    out, cache = fn.batchnorm_forward(x, g, b, {"mode": "train"})
+    assert np.all(np.isnan(out[:, 1])) and np.all(~np.isfinite(out[:, 2]) | np.isnan(out[:, 2]))
+    clean, _ = fn.batchnorm_forward(x[:, [0, 3]], g[[0, 3]], b[[0, 3]], {"mode": "train"})
+    np.testing.assert_array_equal(out[:, [0, 3]], clean)
+    dx, dgamma, dbeta = fn.batchnorm_backward(np.ones_like(x), cache)
+    assert np.all(np.isfinite(dx[:, [0, 3]]))
+
+
+# ---------------------------------------------------------------- cache and buffers
+@pytest.mark.parametrize("forward, params, cls", [
+    (fn.batchnorm_forward, {"mode": "train"}, BatchNormCache),
+    (fn.layernorm_forward, {}, LayerNormCache),
+])
+def test_cache_holds_x_by_reference_and_nothing_else_full_size(forward, params, cls):
+    x, g, b = inputs(N=40, D=30)
+    _, cache = forward(x, g, b, dict(params))
+    assert isinstance(cache, cls)
+    assert cache.x is x
+    for name in ("mean", "inv_std", "gamma", "eps", "ddof", "mode"):
+        value = getattr(cache, name)
+        if isinstance(value, np.ndarray):
+            assert value.size <= max(x.shape), f"cache.{name} is full-size {value.shape}"
+
+
+def test_converted_x_is_cached_once_not_the_original():
+    x = np.asfortranarray(np.random.default_rng(0).standard_normal((5, 4)))
+    _, cache = fn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"})
+    assert cache.x is not x and cache.x.flags.c_contiguous
+    np.testing.assert_array_equal(cache.x, x)
+
+
+@pytest.mark.parametrize("forward, backward, params", PAIRS[:3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_buffers_are_written_and_bitwise_identical(forward, backward, params, dtype):
+    x, g, b = inputs(N=80, D=33, dtype=dtype)
+    dout = np.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    out, cache = forward(x, g, b, dict(params))
+    grads = backward(dout, cache)
+    out_buf = np.full_like(x, np.nan)
+    bufs = (np.full_like(x, np.nan), np.full(33, np.nan, dtype), np.full(33, np.nan, dtype))
+    res, cache2 = forward(x, g, b, dict(params), out=out_buf)
+    assert res is out_buf
+    np.testing.assert_array_equal(out_buf, out)
+    res = backward(dout, cache2, out=bufs)
+    for r, buf, expected in zip(res, bufs, grads):
+        assert r is buf
+        np.testing.assert_array_equal(buf, expected)
+
+
+def test_bad_out_buffers():
+    x, g, b = inputs()
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 3\) and dtype float64"):
+        fn.batchnorm_forward(x, g, b, {"mode": "train"}, out=np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fn.batchnorm_forward(x, g, b, {"mode": "train"}, out=np.empty((3, 4)).T)
+    with pytest.raises(ValueError, match="must not share memory"):
+        fn.layernorm_forward(x, g, b, {}, out=x)
+    _, cache = fn.batchnorm_forward(x, g, b, {"mode": "train"})
+    with pytest.raises(TypeError, match=r"out must be a tuple \(dx, dgamma, dbeta\)"):
+        fn.batchnorm_backward(np.ones((4, 3)), cache, out=np.empty((4, 3)))
+    with pytest.raises(ValueError, match=r"out\[1\] \(dgamma\) must have shape \(3,\)"):
+        fn.batchnorm_backward(np.ones((4, 3)), cache, out=(np.empty((4, 3)), np.empty(4), np.empty(3)))
+
+
+# ---------------------------------------------------------------- running statistics
+@pytest.mark.parametrize("api", [fn, ref])
+def test_running_stats_defaults_and_write_back(api):
+    x, g, b = inputs(N=10, D=3, dtype=np.float32)
+    bn_param = {"mode": "train"}
+    api.batchnorm_forward(x, g, b, bn_param)
+    assert bn_param["running_mean"].dtype == np.float32
+    # zeros to start, momentum 0.9: running = 0.1 * batch statistic
+    np.testing.assert_allclose(bn_param["running_mean"], 0.1 * x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(bn_param["running_var"], 0.1 * x.astype(np.float64).var(0), rtol=1e-6)
+    bn_param.update(mode="test", momentum=0.5)
+    before = bn_param["running_mean"].copy()
+    api.batchnorm_forward(x, g, b, bn_param)  # test mode leaves them, but writes them back
+    np.testing.assert_array_equal(bn_param["running_mean"], before)
+    bn_param.update(mode="train", ddof=1)
+    api.batchnorm_forward(x, g, b, bn_param)
+    np.testing.assert_allclose(bn_param["running_var"],
+                               0.5 * 0.1 * x.astype(np.float64).var(0) + 0.5 * x.astype(np.float64).var(0, ddof=1),
+                               rtol=1e-6)
+
+
+def test_input_arrays_are_not_modified():
+    x, g, b = inputs(N=9, D=5)
+    rm, rv = np.ones(5), np.full(5, 2.0)
+    copies = [a.copy() for a in (x, g, b, rm, rv)]
+    bn_param = {"mode": "train", "running_mean": rm, "running_var": rv}
+    _, cache = fn.batchnorm_forward(x, g, b, bn_param)
+    dout = np.ones_like(x)
+    fn.batchnorm_backward(dout, cache)
+    for a, c in zip((x, g, b, rm, rv), copies):
+        np.testing.assert_array_equal(a, c)
+    assert bn_param["running_mean"] is not rm
+    np.testing.assert_array_equal(dout, 1.0)
+
+
+# ---------------------------------------------------------------- threads
+def test_thread_settings():
+    assert isinstance(fn.openmp_enabled(), bool)
+    default = fn.get_num_threads()
+    assert default >= 1
+    with fn.num_threads(1):
+        assert fn.get_num_threads() == 1
+        with fn.num_threads(3):
+            assert fn.get_num_threads() == 3
+        assert fn.get_num_threads() == 1
+    assert fn.get_num_threads() == default
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            fn.set_num_threads(bad)
+
+
+SHAPES_ACROSS_SPLITS = [(100, 500), (300, 1100), (4096, 64), (8, 20000), (1000, 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES_ACROSS_SPLITS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_are_bitwise_identical_for_1_and_2_threads(shape, dtype):
+    rng = np.random.default_rng(2)
+    x = (7 + rng.standard_normal(shape)).astype(dtype)
+    g, b = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    results = []
+    for n in (1, 2):
+        with fn.num_threads(n):
+            run = []
+            for forward, backward, params in ((fn.batchnorm_forward, fn.batchnorm_backward, {"mode": "train"}),
+                                              (fn.layernorm_forward, fn.layernorm_backward, {})):
+                p = dict(params)
+                out, cache = forward(x, g, b, p)
+                run += [out, *backward(dout, cache), *[v for k, v in p.items() if k.startswith("running")]]
+            results.append(run)
+    for a, b_ in zip(*results):
+        assert a.tobytes() == b_.tobytes()

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastnorm as fn
+from fastnorm import optim
+
+W = np.array([1.0, -2.0])
+DW = np.array([0.5, 0.25])
+
+
+def test_sgd_default_and_given_rate():
+    next_w, config = optim.sgd(W, DW)
+    np.testing.assert_allclose(next_w, [0.995, -2.0025], rtol=1e-15)
+    assert config == {"learning_rate": 1e-2}
+    next_w, _ = optim.sgd(W, DW, {"learning_rate": 0.1})
+    np.testing.assert_allclose(next_w, [0.95, -2.025], rtol=1e-15)
+
+
+def test_sgd_momentum_two_steps():
+    w1, config = optim.sgd_momentum(W, DW)
+    assert config["momentum"] == 0.9 and config["learning_rate"] == 1e-2
+    np.testing.assert_allclose(config["velocity"], [-0.005, -0.0025], rtol=1e-15)
+    np.testing.assert_allclose(w1, [0.995, -2.0025], rtol=1e-15)
+    w2, config = optim.sgd_momentum(w1, DW, config)
+    # v = 0.9 * v - 0.01 * dw
+    np.testing.assert_allclose(config["velocity"], [-0.0095, -0.00475], rtol=1e-14)
+    np.testing.assert_allclose(w2, [0.9855, -2.00725], rtol=1e-14)
+
+
+def test_rmsprop_first_step():
+    next_w, config = optim.rmsprop(W, DW)
+    assert (config["decay_rate"], config["epsilon"], config["learning_rate"]) == (0.99, 1e-8, 1e-2)
+    np.testing.assert_allclose(config["cache"], [0.0025, 0.000625], rtol=1e-14)   # 0.01 * dw**2
+    expected = [1.0 - 0.01 * 0.5 / (0.05 + 1e-8), -2.0 - 0.01 * 0.25 / (0.025 + 1e-8)]
+    np.testing.assert_allclose(next_w, expected, rtol=1e-14)
+
+
+def test_adam_two_steps_with_bias_correction():
+    w = np.array([1.0])
+    w1, config = optim.adam(w, np.array([0.5]))
+    assert config["t"] == 1
+    assert (config["beta1"], config["beta2"], config["learning_rate"], config["epsilon"]) == (0.9, 0.999, 1e-3, 1e-8)
+    # first step: m_hat = dw, v_hat = dw**2
+    np.testing.assert_allclose(w1, [1.0 - 1e-3 * 0.5 / (0.5 + 1e-8)], rtol=1e-14)
+    w2, config = optim.adam(w1, np.array([-0.3]), config)
+    assert config["t"] == 2
+    # m = 0.9*0.05 + 0.1*(-0.3) = 0.015;  v = 0.999*0.00025 + 0.001*0.09 = 0.00033975
+    np.testing.assert_allclose(config["m"], [0.015], rtol=1e-14)
+    np.testing.assert_allclose(config["v"], [0.00033975], rtol=1e-14)
+    expected = w1[0] - 1e-3 * (0.015 / 0.19) / (np.sqrt(0.00033975 / 0.001999) + 1e-8)
+    np.testing.assert_allclose(w2, [expected], rtol=1e-13)
+
+
+def test_adam_continues_from_given_t():
+    _, config = optim.adam(W, DW, {"t": 5})
+    assert config["t"] == 6
+
+
+@pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))
+def test_inputs_unchanged_and_float32_kept(rule):
+    w = np.array([[0.5, -1.5], [2.0, 0.25]], dtype=np.float32)
+    dw = np.array([[0.1, 0.2], [-0.3, 0.4]], dtype=np.float32)
+    w0, dw0 = w.copy(), dw.copy()
+    update = optim.UPDATE_RULES[rule]
+    next_w, config = update(w, dw)
+    next_w, config = update(next_w, dw, config)
+    assert next_w.dtype == np.float32
+    assert all(v.dtype == np.float32 for v in config.values() if isinstance(v, np.ndarray))
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(dw, dw0)
+
+
+@pytest.mark.parametrize("rule", sorted(optim.UPDATE_RULES))
+def test_bad_input_raises_and_leaves_config(rule):
+    update = optim.UPDATE_RULES[rule]
+    config = {"learning_rate": 0.1}
+    with pytest.raises(ValueError, match=r"\(2,\).*\(3,\)"):
+        update(np.zeros(2), np.zeros(3), config)
+    assert config == {"learning_rate": 0.1}
+    with pytest.raises(ValueError, match="learning_rate"):
+        update(np.zeros(2), np.zeros(2), {"learning_rate": float("nan")})
+    with pytest.raises(TypeError, match="config"):
+        update(np.zeros(2), np.zeros(2), [("learning_rate", 1)])
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="momentum"):
+        optim.sgd_momentum(W, DW, {"momentum": 1.0})
+    with pytest.raises(ValueError, match="beta2"):
+        optim.adam(W, DW, {"beta2": -0.1})
+    with pytest.raises(ValueError, match="t"):
+        optim.adam(W, DW, {"t": -1})
+    with pytest.raises(ValueError, match="velocity"):
+        optim.sgd_momentum(W, DW, {"velocity": np.zeros(3)})
+
+
+@settings(max_examples=40, deadline=None)
+@given(lr=st.floats(1e-5, 1.0), g=st.floats(-1e3, 1e3).filter(lambda v: abs(v) > 1e-3))
+def test_every_rule_moves_against_the_gradient(lr, g):
+    for update in optim.UPDATE_RULES.values():
+        next_w, _ = update(np.array([0.0]), np.array([g]), {"learning_rate": lr})
+        assert np.sign(next_w[0]) == -np.sign(g)
+
+
+def test_exported():
+    assert fn.optim.adam is optim.adam

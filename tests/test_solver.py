@@ -1,0 +1,276 @@
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+import fastnorm as fn
+from fastnorm import FullyConnectedNet, Solver
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return fn.data.get_digits_data()
+
+
+def small(digits, n_train=500, n_val=200):
+    return {"X_train": digits["X_train"][:n_train], "y_train": digits["y_train"][:n_train],
+            "X_val": digits["X_val"][:n_val], "y_val": digits["y_val"][:n_val]}
+
+
+def bn_model(**kwargs):
+    return FullyConnectedNet([32, 32], input_dim=64, normalization="batchnorm", weight_scale=5e-2, **kwargs)
+
+
+# ---------------------------------------------------------------- the notebook's behaviour
+
+def test_histories_and_printed_lines(digits, capsys):
+    np.random.seed(0)
+    solver = Solver(bn_model(), small(digits), update_rule="adam", optim_config={"learning_rate": 1e-3},
+                    num_epochs=3, batch_size=100, print_every=4)
+    solver.train()
+    # 500 // 100 = 5 iterations per epoch
+    assert len(solver.loss_history) == 15
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 4   # first check + 3 epochs
+    lines = capsys.readouterr().out.splitlines()
+    iteration_lines = [line for line in lines if line.startswith("(Iteration")]
+    epoch_lines = [line for line in lines if line.startswith("(Epoch")]
+    assert [line.split(")")[0] for line in iteration_lines] == ["(Iteration 1 / 15", "(Iteration 5 / 15",
+                                                                "(Iteration 9 / 15", "(Iteration 13 / 15"]
+    assert re.fullmatch(r"\(Iteration 1 / 15\) loss: \d+\.\d{6}", iteration_lines[0])
+    assert float(iteration_lines[0].split()[-1]) == pytest.approx(solver.loss_history[0], abs=5e-7)
+    assert len(epoch_lines) == 4
+    assert re.fullmatch(r"\(Epoch 0 / 3\) train acc: \d\.\d{6}; val_acc: \d\.\d{6}", epoch_lines[0])
+    assert epoch_lines[-1].startswith("(Epoch 3 / 3)")
+
+
+def test_batchnorm_net_learns_digits(digits):
+    np.random.seed(1)
+    model = bn_model()
+    solver = Solver(model, digits, update_rule="adam", optim_config={"learning_rate": 1e-3},
+                    num_epochs=4, batch_size=50, verbose=False)
+    solver.train()
+    assert solver.best_val_acc > 0.8  # chance is 0.1
+    assert solver.best_val_acc == max(solver.val_acc_history)
+    assert solver.loss_history[-1] < solver.loss_history[0] / 2
+    # the best-validation parameters are the model's at the end
+    for name, value in solver.best_params.items():
+        np.testing.assert_array_equal(model.params[name], value)
+    assert solver.check_accuracy(digits["X_val"], digits["y_val"]) == pytest.approx(solver.best_val_acc)
+
+
+def test_lr_decay_per_epoch(digits):
+    solver = Solver(bn_model(), small(digits), update_rule="sgd_momentum",
+                    optim_config={"learning_rate": 0.1}, lr_decay=0.5, num_epochs=3, verbose=False)
+    solver.train()
+    for config in solver.optim_configs.values():
+        assert config["learning_rate"] == pytest.approx(0.1 * 0.5**3)
+    assert solver.optim_config == {"learning_rate": 0.1}  # the caller's dict is not touched
+
+
+def test_check_accuracy_in_batches_matches_direct(digits):
+    model = bn_model(dtype=np.float64)
+    solver = Solver(model, small(digits), verbose=False)
+    X, y = digits["X_val"][:237], digits["y_val"][:237]
+    direct = np.mean(np.argmax(model.loss(X), axis=1) == y)
+    assert solver.check_accuracy(X, y, batch_size=50) == pytest.approx(direct)
+    assert solver.check_accuracy(X, y, batch_size=1000) == pytest.approx(direct)
+
+
+def test_progress_bar_on_stderr_and_quiet_stdout(digits, capsys):
+    solver = Solver(bn_model(), small(digits), num_epochs=1, verbose=False, progress=True)
+    solver.train()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "training" in err and "/5 " in err  # a bar over the 5 iterations
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def make_run(digits, tmp_path, **kwargs):
+    np.random.seed(2)
+    model = FullyConnectedNet([32, 16], input_dim=64, normalization="batchnorm", dropout_keep_ratio=0.8,
+                              weight_scale=5e-2, dtype=np.float64)
+    return Solver(model, small(digits, 300, 100), update_rule="adam", optim_config={"learning_rate": 2e-3},
+                  lr_decay=0.9, num_epochs=4, batch_size=50, num_train_samples=100,
+                  checkpoint_name=str(tmp_path / "run"), verbose=False, **kwargs)
+
+
+def test_checkpoint_files_written_atomically(digits, tmp_path):
+    solver = make_run(digits, tmp_path)
+    solver.train()
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"run_epoch_{k}.pkl" for k in range(5)]  # the first check, then each epoch
+    state = Solver.load_checkpoint(tmp_path / "run_epoch_2.pkl")
+    assert state["epoch"] == 2 and state["iteration"] == 12
+    assert len(state["loss_history"]) == 12 and len(state["val_acc_history"]) == 3
+    assert state["update_rule"] == "adam" and state["optim_configs"]["W1"]["t"] == 12
+    assert "running_mean" in state["model"].bn_params[0]
+
+
+def test_resume_is_bit_for_bit(digits, tmp_path):
+    full = make_run(digits, tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    full.train()
+    checkpoint = tmp_path / "a" / "run_epoch_2.pkl"
+    assert Solver.latest_checkpoint(tmp_path / "a" / "run") == str(tmp_path / "a" / "run_epoch_4.pkl")
+    assert Solver.latest_checkpoint(tmp_path / "a" / "other") is None
+
+    np.random.seed(999)  # whatever happened since: the checkpoint's RNG state is used
+    (tmp_path / "b").mkdir()
+    resumed = Solver.from_checkpoint(checkpoint, small(digits, 300, 100), checkpoint_name=str(tmp_path / "b" / "run"))
+    assert resumed.iteration == 12 and resumed.epoch == 2
+    resumed.train()
+    assert resumed.loss_history == full.loss_history
+    assert resumed.train_acc_history == full.train_acc_history
+    assert resumed.val_acc_history == full.val_acc_history
+    for name in full.model.params:
+        np.testing.assert_array_equal(resumed.model.params[name], full.model.params[name])
+    for p_full, p_res in zip(full.model.bn_params, resumed.model.bn_params):
+        np.testing.assert_array_equal(p_full["running_var"], p_res["running_var"])
+    assert sorted(os.listdir(tmp_path / "b")) == ["run_epoch_3.pkl", "run_epoch_4.pkl"]
+    # without an override the saved checkpoint_name is kept
+    again = Solver.from_checkpoint(checkpoint, small(digits, 300, 100), verbose=False)
+    assert again.checkpoint_name == str(tmp_path / "a" / "run")
+
+
+def test_restore_into_a_new_model_and_solver(digits, tmp_path):
+    (tmp_path / "a").mkdir()
+    full = make_run(digits, tmp_path / "a")
+    full.train()
+    fresh = make_run(digits, tmp_path / "c")  # new weights: restore must replace them
+    fresh.restore(str(tmp_path / "a" / "run_epoch_1.pkl"))
+    fresh.checkpoint_name = None
+    fresh.train()
+    assert fresh.loss_history == full.loss_history
+    for name in full.model.params:
+        np.testing.assert_array_equal(fresh.model.params[name], full.model.params[name])
+
+
+def test_failed_write_keeps_previous_checkpoint(digits, tmp_path, monkeypatch):
+    solver = make_run(digits, tmp_path)
+    solver.num_epochs = 1
+    solver.train()
+    good = (tmp_path / "run_epoch_1.pkl").read_bytes()
+
+    def broken_dump(obj, f, protocol=None):
+        f.write(b"half a pickle")
+        raise OSError("disk full")
+
+    assert solver.epoch == 1  # the next save rewrites run_epoch_1.pkl
+    monkeypatch.setattr(pickle, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        solver._save_checkpoint()
+    assert (tmp_path / "run_epoch_1.pkl").read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["run_epoch_0.pkl", "run_epoch_1.pkl"]  # no temporary left
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pkl"):
+        Solver.load_checkpoint(tmp_path / "nope.pkl")
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps({"format": "x"})[:5])
+    with pytest.raises(ValueError, match="cut.pkl.*corrupt"):
+        Solver.load_checkpoint(tmp_path / "cut.pkl")
+    (tmp_path / "other.pkl").write_bytes(pickle.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a fastnorm Solver checkpoint"):
+        Solver.load_checkpoint(tmp_path / "other.pkl")
+
+
+class NaNAfter:
+    """A model that behaves like `inner` but whose loss becomes NaN from call `k` on."""
+
+    def __init__(self, inner, k):
+        self.inner, self.k, self.calls = inner, k, 0
+        self.num_classes, self.input_dim = inner.num_classes, inner.input_dim
+
+    @property
+    def params(self):
+        return self.inner.params
+
+    @params.setter
+    def params(self, value):
+        self.inner.params = value
+
+    def loss(self, X, y=None):
+        if y is None:
+            return self.inner.loss(X)
+        self.calls += 1
+        loss, grads = self.inner.loss(X, y)
+        return (float("nan") if self.calls >= self.k else loss), grads
+
+
+def test_nan_loss_stops_with_iteration_and_keeps_last_checkpoint(digits, tmp_path):
+    model = NaNAfter(bn_model(), k=13)
+    solver = Solver(model, small(digits), num_epochs=5, checkpoint_name=str(tmp_path / "run"), verbose=False)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at iteration 13 / 25.*run_epoch_2\.pkl"):
+        solver.train()
+    assert sorted(os.listdir(tmp_path)) == ["run_epoch_0.pkl", "run_epoch_1.pkl", "run_epoch_2.pkl"]
+    state = Solver.load_checkpoint(tmp_path / "run_epoch_2.pkl")
+    assert state["iteration"] == 10 and np.all(np.isfinite(state["loss_history"]))
+    assert len(solver.loss_history) == 12  # the NaN was not recorded, nor applied
+    assert all(np.all(np.isfinite(v)) for v in model.params.values())
+
+
+def test_exploding_learning_rate_is_caught(digits):
+    np.random.seed(3)
+    model = FullyConnectedNet([32], input_dim=64, weight_scale=1.0, dtype=np.float64)
+    solver = Solver(model, small(digits), optim_config={"learning_rate": 1e200}, num_epochs=2, verbose=False)
+    with pytest.raises(FloatingPointError, match="at iteration"):
+        solver.train()
+
+
+def test_non_finite_update_changes_nothing(digits):
+    model = bn_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+
+    def blow_up(w, dw, config=None):
+        return np.full_like(w, np.inf), config
+
+    solver = Solver(model, small(digits), update_rule=blow_up, verbose=False)
+    with pytest.raises(FloatingPointError, match=r"update of W1, b1, .* not finite at iteration 1 / 50"):
+        solver.train()
+    assert solver.loss_history == []
+    assert all(np.array_equal(before[k], model.params[k]) for k in before)
+
+
+# ---------------------------------------------------------------- bad data, before training
+
+def bad(data, key, value):
+    return {**data, key: value}
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda d: bad(d, "y_train", d["y_train"][:-1]), ValueError, r"500 samples.*\(499,\)"),
+    (lambda d: bad(d, "y_val", d["y_val"] + 10), ValueError, r"y_val.*outside \[0, 10\)"),
+    (lambda d: bad(d, "X_train", d["X_train"][:, :, :4]), ValueError, r"\(500, 1, 4, 8\).*32 values.*input_dim is 64"),
+    (lambda d: bad(d, "X_val", np.where(np.arange(200)[:, None, None, None] == 7, np.nan, d["X_val"])),
+     ValueError, "NaN or infinite.*sample 7"),
+    (lambda d: {k: v for k, v in d.items() if k != "y_val"}, KeyError, "y_val"),
+    (lambda d: bad(d, "y_train", d["y_train"] + 0.5), TypeError, "integer"),
+])
+def test_bad_data_rejected_before_training(digits, change, error, message):
+    model = bn_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(error, match=message):
+        Solver(model, change(small(digits)))
+    assert all(np.array_equal(before[k], model.params[k]) for k in before)
+
+
+def test_unknown_keyword_and_rule(digits):
+    with pytest.raises(ValueError, match="Unrecognized arguments.*learning_rate"):
+        Solver(bn_model(), small(digits), learning_rate=1e-3)
+    with pytest.raises(ValueError, match='Invalid update_rule "adamw"'):
+        Solver(bn_model(), small(digits), update_rule="adamw")
+    with pytest.raises(ValueError, match="batch_size"):
+        Solver(bn_model(), small(digits), batch_size=0)
+    with pytest.raises(ValueError, match="beta1"):
+        Solver(bn_model(), small(digits), update_rule="adam", optim_config={"beta1": 2})
+
+
+def test_defaults_are_the_notebooks(digits):
+    solver = Solver(bn_model(), small(digits))
+    assert solver.update_rule is fn.optim.sgd
+    assert (solver.optim_config, solver.lr_decay, solver.batch_size, solver.num_epochs) == ({}, 1.0, 100, 10)
+    assert (solver.num_train_samples, solver.num_val_samples, solver.checkpoint_name) == (1000, None, None)
+    assert (solver.print_every, solver.verbose) == (10, True)
