@@ -5,12 +5,14 @@ Environment switches (all optional):
     FASTNORM_DISABLE_OPENMP=1   build serial loops even when the compiler has OpenMP
     FASTNORM_DEBUG=1            bounds/wraparound/initialized checks on, -O0 -g
     FASTNORM_NATIVE=1           add -march=native (binaries then only run on this CPU)
+    FASTNORM_NO_AVX2=1          on x86-64, skip the second (AVX2+FMA) build of the kernels
 
 Everything else (metadata, dependencies) lives in pyproject.toml.
 """
 
 import hashlib
 import os
+import platform
 import sys
 import tempfile
 import textwrap
@@ -31,6 +33,10 @@ def _flag(name):
 DEBUG = _flag("FASTNORM_DEBUG")
 NO_OPENMP = _flag("FASTNORM_DISABLE_OPENMP")
 NATIVE = _flag("FASTNORM_NATIVE")
+# x86-64 baseline is SSE2; the same source is built again for AVX2+FMA and
+# fastnorm/_build.py picks that one at import when the CPU has both.
+AVX2 = (not _flag("FASTNORM_NO_AVX2") and not DEBUG
+        and platform.machine().lower() in {"x86_64", "amd64"} and sys.platform != "win32")
 
 # The one place where compiler directives are set.
 DIRECTIVES = {
@@ -105,17 +111,24 @@ def extensions():
     compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
     if NATIVE:
         compile_args.append("-march=native")
-    ext = Extension(
-        "fastnorm._kernels",
-        sources=["src/_kernels.pyx"],
-        include_dirs=["src"],
-        define_macros=[("FASTNORM_SOURCE_HASH", f'"{source_hash()}"')],
-        extra_compile_args=compile_args,
-        extra_link_args=[],
-    )
+
+    def kernels(name, extra_args):
+        return Extension(
+            f"fastnorm.{name}",
+            sources=[f"src/{name}.pyx"],
+            include_dirs=["src"],
+            define_macros=[("FASTNORM_SOURCE_HASH", f'"{source_hash()}"')],
+            extra_compile_args=compile_args + extra_args,
+            extra_link_args=[],
+        )
+
+    exts = [kernels("_kernels", [])]
+    if AVX2:
+        # No FMA contraction: both builds then round alike (bitwise equal results).
+        exts.append(kernels("_kernels_avx2", ["-mavx2", "-mfma", "-ffp-contract=off"]))
     # Generated C goes under build/ (per mode), never beside the sources.
     return cythonize(
-        [ext],
+        exts,
         include_path=["src"],
         compiler_directives=DIRECTIVES,
         build_dir="build/cython-debug" if DEBUG else "build/cython",

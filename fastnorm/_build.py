@@ -1,9 +1,15 @@
-"""Load the compiled kernels, or fail with an ImportError that says how to build them."""
+"""Load the compiled kernels, or fail with an ImportError that says how to build them.
+
+On x86-64 the kernels are built twice from one source: `_kernels` for the
+baseline instruction set and `_kernels_avx2` with AVX2+FMA. The AVX2 copy is
+used when the CPU has both; FASTNORM_KERNELS=baseline (or avx2) forces a choice.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -22,9 +28,39 @@ def _source_hash() -> str | None:
     return digest.hexdigest()[:16]
 
 
+_loaded = None
+
+
 def load_kernels():
+    """The kernel module this process uses (chosen once, then cached)."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _choose(_import_checked("_kernels"))
+    return _loaded
+
+
+def _choose(baseline):
+    wanted = os.environ.get("FASTNORM_KERNELS", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "baseline", "avx2"):
+        raise ImportError(f"FASTNORM_KERNELS must be auto, baseline or avx2, got {wanted!r}")
+    if wanted == "baseline" or (wanted == "auto" and not baseline.cpu_has_avx2_fma()):
+        return baseline
+    if wanted == "avx2" and not baseline.cpu_has_avx2_fma():
+        raise ImportError("FASTNORM_KERNELS=avx2, but this CPU does not support AVX2 and FMA")
     try:
-        kernels = importlib.import_module("fastnorm._kernels")
+        avx2 = importlib.import_module("fastnorm._kernels_avx2")
+        if Path(avx2.__file__).resolve().parent != _PACKAGE_DIR:
+            raise ImportError(f"the AVX2 build found is {avx2.__file__}, outside this package")
+    except ImportError:
+        if wanted == "avx2":
+            raise
+        return baseline  # built without the AVX2 copy (FASTNORM_NO_AVX2, other platform)
+    return _import_checked("_kernels_avx2")
+
+
+def _import_checked(name):
+    try:
+        kernels = importlib.import_module(f"fastnorm.{name}")
         # an import hook (an editable install of another tree) may find a module elsewhere
         if Path(kernels.__file__).resolve().parent != _PACKAGE_DIR:
             raise ImportError(f"the only build found is {kernels.__file__}, outside this package")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import numbers
 
-from . import _kernels
+from ._build import load_kernels
+
+_kernels = load_kernels()
 
 _n_threads: int | None = None
 

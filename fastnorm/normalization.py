@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels, _validate
+from . import _validate
+from ._build import load_kernels
 from ._threads import get_num_threads
+
+_kernels = load_kernels()  # the baseline or the AVX2 build, chosen once at import
 
 __all__ = [
     "BatchNormCache",

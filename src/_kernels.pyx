@@ -9,7 +9,33 @@ from _parallel cimport FASTNORM_HAVE_OPENMP, FASTNORM_SOURCE_HASH, omp_get_max_t
 from batchnorm cimport bn_forward, bn_backward
 from layernorm cimport ln_forward, ln_backward
 
+cdef extern from *:
+    """
+    /* Which instruction set this copy was compiled for, and what the CPU runs. */
+    #if defined(__AVX2__) && defined(__FMA__)
+    #define FASTNORM_ISA "avx2"
+    #else
+    #define FASTNORM_ISA "baseline"
+    #endif
+    static int fastnorm_cpu_has_avx2_fma(void) {
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();  /* also checks that the OS saves the AVX registers */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    #else
+        return 0;
+    #endif
+    }
+    """
+    const char* FASTNORM_ISA
+    int fastnorm_cpu_has_avx2_fma()
+
 SOURCE_HASH = FASTNORM_SOURCE_HASH.decode("ascii")
+ISA = FASTNORM_ISA.decode("ascii")
+
+
+def cpu_has_avx2_fma():
+    """True when this CPU (and OS) can run the AVX2+FMA build of the kernels."""
+    return bool(fastnorm_cpu_has_avx2_fma())
 
 
 def openmp_enabled():

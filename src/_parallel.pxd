@@ -25,7 +25,8 @@ cdef extern from *:
 cdef enum:
     ROW_BLOCK = 64     # rows in one reduction tile
     COL_TILE = 512     # columns in one reduction tile: 64 x 512 doubles = 256 KiB, L2-resident
-    LANES = 8          # independent accumulators of a row sum (vectorizable, fixed order)
+    LANES = 16         # independent accumulators of a row sum (vectorizable, fixed order)
+    STRIP = 16         # columns whose sums a tile reduction keeps in registers
 
 
 cdef inline Py_ssize_t n_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:

@@ -4,47 +4,100 @@
 #
 # The forward caches (for the backward) the per-feature mean and inverse std in
 # double; the backward takes x itself, never a full-size x_hat.
+#
+# Reductions walk a tile in strips of STRIP columns whose sums stay in registers;
+# deviations and products are taken in double. The element-wise sweeps run in
+# x's dtype: for float32 the double mean is split into a float32 part (x - shift
+# is exact or nearly) and a residue folded into the per-column constants.
 
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
 
-from _parallel cimport ROW_BLOCK, COL_TILE, n_blocks, threads_for, merge_moments
+from _parallel cimport ROW_BLOCK, COL_TILE, STRIP, n_blocks, threads_for, merge_moments
+
+
+cdef enum:
+    ROW_CHUNK = 8   # rows a strip pass takes at once: 8 lines per cache set, any row stride
+
+
+cdef inline void _strip_pass(const floating* x, Py_ssize_t D, Py_ssize_t n_rows,
+                             const double* shift, double* acc_io, int kind) noexcept nogil:
+    """acc_io[k] += sum over the n_rows of f(x[i, k] - shift[k]) for the STRIP columns
+    at x (row stride D): f(d) = d + shift (kind 0, plain sums), d (1), d*d (2).
+    One loop per kind, so the STRIP sums stay in vector registers."""
+    cdef double acc[STRIP]
+    cdef Py_ssize_t i, k
+    cdef const floating* row
+    for k in range(STRIP):
+        acc[k] = acc_io[k]
+    if kind == 0:
+        for i in range(n_rows):
+            row = x + i * D
+            for k in range(STRIP):
+                acc[k] += row[k]
+    elif kind == 1:
+        for i in range(n_rows):
+            row = x + i * D
+            for k in range(STRIP):
+                acc[k] += row[k] - shift[k]
+    else:
+        for i in range(n_rows):
+            row = x + i * D
+            for k in range(STRIP):
+                acc[k] += (row[k] - shift[k]) * (row[k] - shift[k])
+    for k in range(STRIP):
+        acc_io[k] = acc[k]
+
+
+cdef inline void _tile_pass(const floating* x, Py_ssize_t D, Py_ssize_t n, Py_ssize_t w,
+                            const double* shift, double* acc, int kind) noexcept nogil:
+    """_strip_pass over the (n, w) tile at x, ROW_CHUNK rows at a time; acc: (w,) IN/OUT."""
+    cdef Py_ssize_t r, c, i, rows, body = w - w % STRIP
+    cdef const floating* row
+    for r in range(0, n, 8):   # 8 == ROW_CHUNK (range needs a literal step)
+        rows = min(ROW_CHUNK, n - r)
+        for c in range(0, body, 16):   # 16 == STRIP
+            _strip_pass(x + r * D + c, D, rows, shift + c, acc + c, kind)
+        for i in range(r, r + rows):   # the last w % STRIP columns
+            row = x + i * D
+            for c in range(body, w):
+                if kind == 0:
+                    acc[c] += row[c]
+                elif kind == 1:
+                    acc[c] += row[c] - shift[c]
+                else:
+                    acc[c] += (row[c] - shift[c]) * (row[c] - shift[c])
 
 
 cdef inline void _tile_moments(const floating* x, Py_ssize_t D,
                                Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                               double* mean, double* m2) noexcept nogil:
-    """Per-column mean and centered sum of squares of the tile x[r0:r1, c0:c1].
+                               double* mean, double* m2, double* dev) noexcept nogil:
+    """Per-column mean and centered sum of squares of the tile x[r0:r1, c0:c1]
+    (two passes over the cache-resident tile; dev: (c1 - c0,) scratch).
 
-    The tile stays in cache between its two passes. The second pass also sums the
-    deviations to correct the mean (corrected two-pass): a constant column gives
-    its value exactly and m2 == 0.
+    float64 uses the corrected two-pass mean (a third pass sums the deviations),
+    so a constant column gives its value exactly and m2 == 0. float32 sums in
+    double are exact for a constant column already.
     """
-    cdef Py_ssize_t i, j, w = c1 - c0
-    cdef double n = r1 - r0, d
-    cdef double dev_sum[COL_TILE]
-    cdef const floating* row
+    cdef Py_ssize_t j, n = r1 - r0, w = c1 - c0
+    cdef const floating* tile = x + r0 * D + c0
     for j in range(w):
         mean[j] = 0.0
         m2[j] = 0.0
-        dev_sum[j] = 0.0
-    for i in range(r0, r1):
-        row = x + i * D + c0
-        for j in range(w):
-            mean[j] += row[j]
+        dev[j] = 0.0
+    _tile_pass(tile, D, n, w, mean, mean, 0)
     for j in range(w):
         mean[j] /= n
-    for i in range(r0, r1):
-        row = x + i * D + c0
+    if floating is double:
+        _tile_pass(tile, D, n, w, mean, dev, 1)
+    _tile_pass(tile, D, n, w, mean, m2, 2)
+    if floating is double:
         for j in range(w):
-            d = row[j] - mean[j]
-            dev_sum[j] += d
-            m2[j] += d * d
+            mean[j] += dev[j] / n
+            m2[j] -= dev[j] * dev[j] / n
     for j in range(w):
-        mean[j] += dev_sum[j] / n
-        m2[j] -= dev_sum[j] * dev_sum[j] / n
         if m2[j] < 0.0:   # round-off only; NaN stays NaN
             m2[j] = 0.0
 
@@ -55,15 +108,17 @@ cdef inline int _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t D,
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
     cdef Py_ssize_t t, rb, r0, c0
     cdef double rows_done
-    cdef double* part = <double*> malloc(2 * n_row_blocks * D * sizeof(double))
+    cdef double* part = <double*> malloc(3 * n_row_blocks * D * sizeof(double))
     if part == NULL:
         return -1
     cdef double* part_m2 = part + n_row_blocks * D
+    cdef double* scratch = part + 2 * n_row_blocks * D
     for t in prange(n_row_blocks * n_col_tiles, num_threads=n_threads, schedule='static'):
         r0 = (t // n_col_tiles) * ROW_BLOCK
         c0 = (t % n_col_tiles) * COL_TILE
         _tile_moments(x, D, r0, min(r0 + ROW_BLOCK, N), c0, min(c0 + COL_TILE, D),
-                      part + (t // n_col_tiles) * D + c0, part_m2 + (t // n_col_tiles) * D + c0)
+                      part + (t // n_col_tiles) * D + c0, part_m2 + (t // n_col_tiles) * D + c0,
+                      scratch + (t // n_col_tiles) * D + c0)
     for t in range(D):
         mean[t] = part[t]
         m2[t] = part_m2[t]
@@ -77,10 +132,11 @@ cdef inline int _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t D,
 
 
 cdef inline void _normalize_rows(const floating* x, Py_ssize_t N, Py_ssize_t D,
-                                 const double* mean, const double* scale, const floating* beta,
-                                 floating* out, int n_threads) noexcept nogil:
-    """out = (x - mean) * scale + beta per column; centered, never folded, so a
-    constant column (x == mean exactly) gives beta exactly."""
+                                 const floating* shift, const floating* scale,
+                                 const floating* offset, floating* out,
+                                 int n_threads) noexcept nogil:
+    """out = (x - shift) * scale + offset per column, in x's dtype. Centered, never
+    folded: a constant column (x == shift, offset == beta) gives beta exactly."""
     cdef Py_ssize_t i, j
     cdef const floating* x_row
     cdef floating* out_row
@@ -88,7 +144,7 @@ cdef inline void _normalize_rows(const floating* x, Py_ssize_t N, Py_ssize_t D,
         x_row = x + i * D
         out_row = out + i * D
         for j in range(D):
-            out_row[j] = <floating> ((x_row[j] - mean[j]) * scale[j] + beta[j])
+            out_row[j] = (x_row[j] - shift[j]) * scale[j] + offset[j]
 
 
 cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
@@ -107,17 +163,23 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
     Test: running statistics. Returns -1 when scratch memory cannot be had."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], j
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double var
-    cdef double* scale = <double*> malloc(D * sizeof(double))
-    if scale == NULL:
+    cdef double var, scale
+    cdef double* m2 = <double*> malloc(D * sizeof(double))
+    cdef floating* consts = <floating*> malloc(3 * D * sizeof(floating))
+    if m2 == NULL or consts == NULL:
+        free(m2)
+        free(consts)
         return -1
+    cdef floating* shift = consts          # mean rounded to x's dtype
+    cdef floating* scales = consts + D     # gamma * inv_std
+    cdef floating* offset = consts + 2 * D # beta - (mean - shift) * scale
     if train:
-        # scale holds m2 until it becomes gamma * inv_std
-        if _column_moments(&x[0, 0], N, D, &mean[0], scale, nt) != 0:
-            free(scale)
+        if _column_moments(&x[0, 0], N, D, &mean[0], m2, nt) != 0:
+            free(m2)
+            free(consts)
             return -1
         for j in range(D):
-            var = scale[j] / (N - ddof)
+            var = m2[j] / (N - ddof)
             inv_std[j] = 1.0 / sqrt(var + eps)
             running_mean_out[j] = <floating> (momentum * running_mean[j] + (1.0 - momentum) * mean[j])
             running_var_out[j] = <floating> (momentum * running_var[j] + (1.0 - momentum) * var)
@@ -128,28 +190,69 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
             running_mean_out[j] = running_mean[j]
             running_var_out[j] = running_var[j]
     for j in range(D):
-        scale[j] = gamma[j] * inv_std[j]
-    _normalize_rows(&x[0, 0], N, D, &mean[0], scale, &beta[0], &out[0, 0], nt)
-    free(scale)
+        scale = gamma[j] * inv_std[j]
+        shift[j] = <floating> mean[j]
+        scales[j] = <floating> scale
+        if floating is double:
+            offset[j] = beta[j]
+        else:
+            offset[j] = <floating> (beta[j] - (mean[j] - shift[j]) * scale)
+    _normalize_rows(&x[0, 0], N, D, shift, scales, offset, &out[0, 0], nt)
+    free(m2)
+    free(consts)
     return 0
+
+
+cdef inline void _strip_grad_sums(const floating* dout, const floating* x, Py_ssize_t D,
+                                  Py_ssize_t n_rows, const floating* shift,
+                                  double* sum_dy, double* sum_dy_xc) noexcept nogil:
+    """Add the column sums of dout and of dout * (x - shift) over one strip (IN/OUT);
+    products in x's dtype (one conversion per element), sums in double."""
+    cdef double acc[STRIP]
+    cdef Py_ssize_t i, k
+    cdef const floating* dy_row
+    cdef const floating* x_row
+    for k in range(STRIP):
+        acc[k] = sum_dy[k]
+    for i in range(n_rows):
+        dy_row = dout + i * D
+        for k in range(STRIP):
+            acc[k] += dy_row[k]
+    for k in range(STRIP):
+        sum_dy[k] = acc[k]
+        acc[k] = sum_dy_xc[k]
+    for i in range(n_rows):
+        dy_row = dout + i * D
+        x_row = x + i * D
+        for k in range(STRIP):
+            acc[k] += dy_row[k] * (x_row[k] - shift[k])
+    for k in range(STRIP):
+        sum_dy_xc[k] = acc[k]
 
 
 cdef inline void _tile_grad_sums(const floating* dout, const floating* x, Py_ssize_t D,
                                  Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                                 const double* mean, double* sum_dy, double* sum_dy_xc) noexcept nogil:
-    """Per column of the tile: sum(dout) and sum(dout * (x - mean)), one pass."""
-    cdef Py_ssize_t i, j, w = c1 - c0
-    cdef const floating* dy_row
-    cdef const floating* x_row
+                                 const floating* shift, const double* residue,
+                                 double* sum_dy, double* sum_dy_xc) noexcept nogil:
+    """Per column of the tile: sum(dout) and sum(dout * (x - mean)), ROW_CHUNK rows at
+    a time, where mean = shift + residue (residue is 0 for float64)."""
+    cdef Py_ssize_t i, j, r, c, rows, n = r1 - r0, w = c1 - c0, body = w - w % STRIP
+    cdef Py_ssize_t at = r0 * D + c0
     for j in range(w):
         sum_dy[j] = 0.0
         sum_dy_xc[j] = 0.0
-    for i in range(r0, r1):
-        dy_row = dout + i * D + c0
-        x_row = x + i * D + c0
+    for r in range(0, n, 8):   # 8 == ROW_CHUNK (range needs a literal step)
+        rows = min(ROW_CHUNK, n - r)
+        for c in range(0, body, 16):   # 16 == STRIP
+            _strip_grad_sums(dout + at + r * D + c, x + at + r * D + c, D, rows, shift + c,
+                             sum_dy + c, sum_dy_xc + c)
+        for i in range(r, r + rows):   # the last w % STRIP columns
+            for c in range(body, w):
+                sum_dy[c] += dout[at + i * D + c]
+                sum_dy_xc[c] += dout[at + i * D + c] * (x[at + i * D + c] - shift[c])
+    if floating is float:
         for j in range(w):
-            sum_dy[j] += dy_row[j]
-            sum_dy_xc[j] += dy_row[j] * (x_row[j] - mean[j])
+            sum_dy_xc[j] -= residue[j] * sum_dy[j]
 
 
 cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
@@ -171,24 +274,33 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
     cdef Py_ssize_t t, rb, r0, c0, i, j
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double* part = <double*> malloc((2 * n_row_blocks + 5) * D * sizeof(double))
-    if part == NULL:
+    cdef double k_shift, k_xc
+    cdef double* part = <double*> malloc((2 * n_row_blocks + 3) * D * sizeof(double))
+    cdef floating* consts = <floating*> malloc(4 * D * sizeof(floating))
+    if part == NULL or consts == NULL:
+        free(part)
+        free(consts)
         return -1
     cdef double* part_dy_xc = part + n_row_blocks * D
     cdef double* sum_dy = part + 2 * n_row_blocks * D
     cdef double* sum_dy_xc = sum_dy + D
-    cdef double* k_scale = sum_dy + 2 * D     # gamma * inv_std
-    cdef double* k_shift = sum_dy + 3 * D     # sum(dout) / N
-    cdef double* k_xc = sum_dy + 4 * D        # inv_std^2 * sum(dout*(x-mean)) / (N - ddof)
+    cdef double* residue = sum_dy + 2 * D     # mean - shift
+    cdef floating* shift = consts              # mean rounded to x's dtype
+    cdef floating* c_scale = consts + D        # gamma * inv_std
+    cdef floating* c_shift = consts + 2 * D    # sum(dout)/N - residue * c_xc
+    cdef floating* c_xc = consts + 3 * D       # inv_std^2 * sum(dout*(x-mean)) / (N - ddof)
     cdef const floating* dy_row
     cdef const floating* x_row
     cdef floating* dx_row
 
+    for j in range(D):
+        shift[j] = <floating> mean[j]
+        residue[j] = mean[j] - shift[j]
     for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
         r0 = (t // n_col_tiles) * ROW_BLOCK
         c0 = (t % n_col_tiles) * COL_TILE
         _tile_grad_sums(&dout[0, 0], &x[0, 0], D, r0, min(r0 + ROW_BLOCK, N),
-                        c0, min(c0 + COL_TILE, D), &mean[c0],
+                        c0, min(c0 + COL_TILE, D), shift + c0, residue + c0,
                         part + (t // n_col_tiles) * D + c0, part_dy_xc + (t // n_col_tiles) * D + c0)
     for j in range(D):
         sum_dy[j] = part[j]
@@ -201,20 +313,22 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     for j in range(D):
         dbeta[j] = <floating> sum_dy[j]
         dgamma[j] = <floating> (sum_dy_xc[j] * inv_std[j])
-        k_scale[j] = gamma[j] * inv_std[j]
+        c_scale[j] = <floating> (gamma[j] * inv_std[j])
         if train:
-            k_shift[j] = sum_dy[j] / N
-            k_xc[j] = inv_std[j] * inv_std[j] * sum_dy_xc[j] / (N - ddof)
+            k_shift = sum_dy[j] / N
+            k_xc = inv_std[j] * inv_std[j] * sum_dy_xc[j] / (N - ddof)
         else:
-            k_shift[j] = 0.0
-            k_xc[j] = 0.0
+            k_shift = 0.0
+            k_xc = 0.0
+        c_xc[j] = <floating> k_xc
+        c_shift[j] = <floating> (k_shift - residue[j] * k_xc)
 
     for i in prange(N, num_threads=nt, schedule='static'):
         dy_row = &dout[i, 0]
         x_row = &x[i, 0]
         dx_row = &dx[i, 0]
         for j in range(D):
-            dx_row[j] = <floating> (k_scale[j] * (dy_row[j] - k_shift[j]
-                                                   - (x_row[j] - mean[j]) * k_xc[j]))
+            dx_row[j] = c_scale[j] * (dy_row[j] - c_shift[j] - (x_row[j] - shift[j]) * c_xc[j])
     free(part)
+    free(consts)
     return 0

@@ -4,6 +4,10 @@
 #
 # The forward caches (for the backward) the per-row mean and inverse std in
 # double; the backward takes x itself, never a full-size x_hat.
+#
+# Element-wise work runs in x's dtype: for float32 the double mean is split into
+# mean_hi (float32) and a residue, so x - mean_hi is exact or nearly and the
+# centered values keep double-level accuracy.
 
 from cython cimport floating
 from cython.parallel cimport prange
@@ -15,44 +19,67 @@ from _parallel cimport ROW_BLOCK, COL_TILE, LANES, n_blocks, threads_for
 
 cdef inline double _lanes_total(const double* acc) noexcept nogil:
     """Pairwise total of the LANES accumulators."""
-    return (((acc[0] + acc[1]) + (acc[2] + acc[3]))
-            + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+    return ((((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+            + (((acc[8] + acc[9]) + (acc[10] + acc[11])) + ((acc[12] + acc[13]) + (acc[14] + acc[15]))))
 
 
-cdef inline void _row_moments(const floating* row, Py_ssize_t D,
-                              double* mean_out, double* m2_out) noexcept nogil:
-    """Mean and centered sum of squares of one row: two passes (the row is in
-    cache for the second) with the corrected-two-pass mean, exact on constant rows."""
+# Each row reduction below is one loop with one LANES accumulator array: that
+# form keeps the lanes in vector registers (two sums in one loop do not).
+
+cdef inline double _row_sum(const floating* row, Py_ssize_t D) noexcept nogil:
     cdef double acc[LANES]
-    cdef double acc2[LANES]
     cdef Py_ssize_t j, k, body = D - D % LANES
-    cdef double mean, dev_sum, m2, d
     for k in range(LANES):
         acc[k] = 0.0
-    for j in range(0, body, 8):   # 8 == LANES (range needs a literal step)
+    for j in range(0, body, 16):   # 16 == LANES (range needs a literal step)
         for k in range(LANES):
             acc[k] += row[j + k]
     for j in range(body, D):
         acc[j - body] += row[j]
-    mean = _lanes_total(acc) / D
+    return _lanes_total(acc)
+
+
+cdef inline double _row_dev_sum(const floating* row, Py_ssize_t D, double shift) noexcept nogil:
+    """sum(row - shift)."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t j, k, body = D - D % LANES
     for k in range(LANES):
         acc[k] = 0.0
-        acc2[k] = 0.0
-    for j in range(0, body, 8):   # 8 == LANES (range needs a literal step)
+    for j in range(0, body, 16):
         for k in range(LANES):
-            d = row[j + k] - mean
-            acc[k] += d
-            acc2[k] += d * d
+            acc[k] += row[j + k] - shift
     for j in range(body, D):
-        d = row[j] - mean
-        acc[j - body] += d
-        acc2[j - body] += d * d
-    dev_sum = _lanes_total(acc)
-    m2 = _lanes_total(acc2) - dev_sum * dev_sum / D
+        acc[j - body] += row[j] - shift
+    return _lanes_total(acc)
+
+
+cdef inline double _row_dev_sq(const floating* row, Py_ssize_t D, double shift) noexcept nogil:
+    """sum((row - shift)**2)."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t j, k, body = D - D % LANES
+    for k in range(LANES):
+        acc[k] = 0.0
+    for j in range(0, body, 16):
+        for k in range(LANES):
+            acc[k] += (row[j + k] - shift) * (row[j + k] - shift)
+    for j in range(body, D):
+        acc[j - body] += (row[j] - shift) * (row[j] - shift)
+    return _lanes_total(acc)
+
+
+cdef inline double _row_moments(const floating* row, Py_ssize_t D, double* mean_out) noexcept nogil:
+    """Centered sum of squares of one row (returned) and its mean: passes over
+    the cached row. float64 uses the corrected two-pass mean (exact on constant
+    rows); float32 sums in double are exact on constant rows already."""
+    cdef double shift = _row_sum(row, D) / D
+    cdef double dev_sum = 0.0
+    if floating is double:
+        dev_sum = _row_dev_sum(row, D, shift)
+    cdef double m2 = _row_dev_sq(row, D, shift) - dev_sum * dev_sum / D
     if m2 < 0.0:   # round-off only; NaN stays NaN
         m2 = 0.0
-    mean_out[0] = mean + dev_sum / D
-    m2_out[0] = m2
+    mean_out[0] = shift + dev_sum / D
+    return m2
 
 
 cdef inline int ln_forward(const floating[:, ::1] x,       # IN  (N, D)
@@ -66,74 +93,131 @@ cdef inline int ln_forward(const floating[:, ::1] x,       # IN  (N, D)
     """out = (x - mean_row) * inv_std_row * gamma + beta, each row in one visit."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], i, j
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double mu, s
+    cdef double m2, s
+    cdef floating mu_hi, mu_lo, s_f
     cdef const floating* x_row
     cdef floating* out_row
     for i in prange(N, num_threads=nt, schedule='static'):
         x_row = &x[i, 0]
         out_row = &out[i, 0]
-        _row_moments(x_row, D, &mean[i], &inv_std[i])   # inv_std[i] holds m2 here
-        mu = mean[i]
-        s = 1.0 / sqrt(inv_std[i] / (D - ddof) + eps)
+        m2 = _row_moments(x_row, D, &mean[i])   # assigned here, so private to the thread
+        s = 1.0 / sqrt(m2 / (D - ddof) + eps)
         inv_std[i] = s
-        for j in range(D):
-            out_row[j] = <floating> ((x_row[j] - mu) * s * gamma[j] + beta[j])
+        mu_hi = <floating> mean[i]
+        mu_lo = <floating> (mean[i] - mu_hi)
+        s_f = <floating> s
+        if floating is double:
+            for j in range(D):
+                out_row[j] = (x_row[j] - mu_hi) * s_f * gamma[j] + beta[j]
+        else:
+            for j in range(D):
+                out_row[j] = ((x_row[j] - mu_hi) - mu_lo) * (s_f * gamma[j]) + beta[j]
     return 0
 
 
-cdef inline void _row_grad_sums(const floating* dy, const floating* x, const floating* gamma,
-                                Py_ssize_t D, double mu,
-                                double* sum_g, double* sum_g_xc) noexcept nogil:
-    """For g = dout * gamma on one row: sum(g) and sum(g * (x - mu))."""
+cdef inline double _row_g_sum(const floating* dy, const floating* gamma, Py_ssize_t D) noexcept nogil:
+    """sum(g) for g = dout * gamma on one row: products in x's dtype, sums in double."""
     cdef double acc[LANES]
-    cdef double acc2[LANES]
     cdef Py_ssize_t j, k, body = D - D % LANES
-    cdef double g
     for k in range(LANES):
         acc[k] = 0.0
-        acc2[k] = 0.0
-    for j in range(0, body, 8):   # 8 == LANES (range needs a literal step)
+    for j in range(0, body, 16):   # 16 == LANES (range needs a literal step)
         for k in range(LANES):
-            g = <double> dy[j + k] * gamma[j + k]
-            acc[k] += g
-            acc2[k] += g * (x[j + k] - mu)
+            acc[k] += dy[j + k] * gamma[j + k]
     for j in range(body, D):
-        g = <double> dy[j] * gamma[j]
-        acc[j - body] += g
-        acc2[j - body] += g * (x[j] - mu)
-    sum_g[0] = _lanes_total(acc)
-    sum_g_xc[0] = _lanes_total(acc2)
+        acc[j - body] += dy[j] * gamma[j]
+    return _lanes_total(acc)
+
+
+cdef inline double _row_g_xc_sum(const floating* dy, const floating* x, const floating* gamma,
+                                 Py_ssize_t D, floating mu) noexcept nogil:
+    """sum(g * (x - mu)) for g = dout * gamma on one row: products in x's dtype
+    (one conversion per element, the float32 bottleneck), sums in double."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t j, k, body = D - D % LANES
+    for k in range(LANES):
+        acc[k] = 0.0
+    for j in range(0, body, 16):
+        for k in range(LANES):
+            acc[k] += dy[j + k] * gamma[j + k] * (x[j + k] - mu)
+    for j in range(body, D):
+        acc[j - body] += dy[j] * gamma[j] * (x[j] - mu)
+    return _lanes_total(acc)
+
+
+cdef enum:
+    ROW_CHUNK = 8   # rows a strip pass takes at once: 8 lines per cache set, any row stride
+    STRIP = 16      # columns whose dgamma/dbeta sums stay in registers
+
+
+cdef inline void _strip_param_grads(const floating* dout, const floating* x, Py_ssize_t D,
+                                    Py_ssize_t n_rows, const floating* row_consts, Py_ssize_t w,
+                                    double* dgamma_io, double* dbeta_io) noexcept nogil:
+    """Add the sums over n_rows rows of dout * x_hat and dout for w (<= STRIP) columns
+    (IN/OUT). w == STRIP is the fast path: the sums stay in registers."""
+    cdef double acc[STRIP]
+    cdef Py_ssize_t i, k
+    cdef floating mu_hi, mu_lo, s
+    cdef const floating* dy_row
+    cdef const floating* x_row
+    if w < STRIP:
+        for i in range(n_rows):
+            dy_row = dout + i * D
+            x_row = x + i * D
+            mu_hi, mu_lo, s = row_consts[5 * i], row_consts[5 * i + 1], row_consts[5 * i + 2]
+            for k in range(w):
+                dgamma_io[k] += dy_row[k] * (((x_row[k] - mu_hi) - mu_lo) * s)
+                dbeta_io[k] += dy_row[k]
+        return
+    for k in range(STRIP):
+        acc[k] = dgamma_io[k]
+    for i in range(n_rows):
+        dy_row = dout + i * D
+        x_row = x + i * D
+        mu_hi, mu_lo, s = row_consts[5 * i], row_consts[5 * i + 1], row_consts[5 * i + 2]
+        for k in range(STRIP):
+            acc[k] += dy_row[k] * (((x_row[k] - mu_hi) - mu_lo) * s)   # product in x's dtype
+    for k in range(STRIP):
+        dgamma_io[k] = acc[k]
+        acc[k] = dbeta_io[k]
+    for i in range(n_rows):
+        dy_row = dout + i * D
+        for k in range(STRIP):
+            acc[k] += dy_row[k]
+    for k in range(STRIP):
+        dbeta_io[k] = acc[k]
 
 
 cdef inline void _tile_backward(const floating* dout, const floating* x, const floating* gamma,
                                 Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
                                 Py_ssize_t c0, Py_ssize_t c1,
-                                const double* mean, const double* inv_std,
-                                const double* k_shift, const double* k_xc,
+                                const floating* row_consts,
                                 floating* dx, double* dgamma_part, double* dbeta_part) noexcept nogil:
-    """dx on the tile [r0:r1, c0:c1] from the row sums, and the tile's column sums
-    of dout * x_hat (-> dgamma) and dout (-> dbeta)."""
-    cdef Py_ssize_t i, j, w = c1 - c0
-    cdef double mu, s, shift, kxc, xc
+    """dx on the tile [r0:r1, c0:c1] from the per-row constants, and the tile's
+    column sums of dout * x_hat (-> dgamma) and dout (-> dbeta), ROW_CHUNK rows at a time."""
+    cdef Py_ssize_t i, j, r, c, rows, at, w = c1 - c0
+    cdef floating mu_hi, s, shift, kxc
     cdef const floating* dy_row
     cdef const floating* x_row
+    cdef const floating* g = gamma + c0
     cdef floating* dx_row
     for j in range(w):
         dgamma_part[j] = 0.0
         dbeta_part[j] = 0.0
-    for i in range(r0, r1):
-        dy_row = dout + i * D + c0
-        x_row = x + i * D + c0
-        dx_row = dx + i * D + c0
-        mu = mean[i]
-        s = inv_std[i]
-        shift = k_shift[i]
-        kxc = k_xc[i]
-        for j in range(w):
-            xc = x_row[j] - mu
-            dgamma_part[j] += dy_row[j] * xc * s
-            dbeta_part[j] += dy_row[j]
-            dx_row[j] = <floating> (s * (dy_row[j] * gamma[c0 + j] - shift - xc * kxc))
+    for r in range(r0, r1, 8):   # 8 == ROW_CHUNK (range needs a literal step)
+        rows = min(ROW_CHUNK, r1 - r)
+        for i in range(r, r + rows):
+            dy_row = dout + i * D + c0
+            x_row = x + i * D + c0
+            dx_row = dx + i * D + c0
+            mu_hi, s = row_consts[5 * i], row_consts[5 * i + 2]
+            shift, kxc = row_consts[5 * i + 3], row_consts[5 * i + 4]
+            for j in range(w):
+                dx_row[j] = s * (dy_row[j] * g[j] - shift - (x_row[j] - mu_hi) * kxc)
+        for c in range(0, w, 16):   # 16 == STRIP; the rows are still in cache
+            at = r * D + c0 + c
+            _strip_param_grads(dout + at, x + at, D, rows, row_consts + 5 * r,
+                               min(STRIP, w - c), dgamma_part + c, dbeta_part + c)
 
 
 cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
@@ -155,24 +239,35 @@ cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
     cdef Py_ssize_t t, rb, r0, c0, i, j
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double dgamma_j, dbeta_j
-    cdef double* part = <double*> malloc((2 * n_row_blocks * D + 2 * N) * sizeof(double))
-    if part == NULL:
+    cdef double dgamma_j, dbeta_j, sum_g, sum_g_xc, k_shift, k_xc, residue
+    cdef floating mu_hi
+    cdef double* part = <double*> malloc(2 * n_row_blocks * D * sizeof(double))
+    # per row, in x's dtype: mean_hi, mean residue, inv_std, shift, x_hat coefficient
+    cdef floating* row_consts = <floating*> malloc(5 * N * sizeof(floating))
+    if part == NULL or row_consts == NULL:
+        free(part)
+        free(row_consts)
         return -1
     cdef double* part_dbeta = part + n_row_blocks * D
-    cdef double* k_shift = part + 2 * n_row_blocks * D    # (N,) sum(g) / D
-    cdef double* k_xc = k_shift + N                       # (N,) inv_std^2 * sum(g*(x-mu)) / (D - ddof)
 
     for i in prange(N, num_threads=nt, schedule='static'):
-        _row_grad_sums(&dout[i, 0], &x[i, 0], &gamma[0], D, mean[i], &k_shift[i], &k_xc[i])
-        k_shift[i] = k_shift[i] / D
-        k_xc[i] = inv_std[i] * inv_std[i] * k_xc[i] / (D - ddof)
+        mu_hi = <floating> mean[i]
+        residue = mean[i] - mu_hi
+        sum_g = _row_g_sum(&dout[i, 0], &gamma[0], D)
+        sum_g_xc = _row_g_xc_sum(&dout[i, 0], &x[i, 0], &gamma[0], D, mu_hi) - residue * sum_g
+        k_shift = sum_g / D
+        k_xc = inv_std[i] * inv_std[i] * sum_g_xc / (D - ddof)
+        row_consts[5 * i] = mu_hi
+        row_consts[5 * i + 1] = <floating> residue
+        row_consts[5 * i + 2] = <floating> inv_std[i]
+        row_consts[5 * i + 3] = <floating> (k_shift - residue * k_xc)
+        row_consts[5 * i + 4] = <floating> k_xc
 
     for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
         r0 = (t // n_col_tiles) * ROW_BLOCK
         c0 = (t % n_col_tiles) * COL_TILE
         _tile_backward(&dout[0, 0], &x[0, 0], &gamma[0], D, r0, min(r0 + ROW_BLOCK, N),
-                       c0, min(c0 + COL_TILE, D), &mean[0], &inv_std[0], k_shift, k_xc, &dx[0, 0],
+                       c0, min(c0 + COL_TILE, D), row_consts, &dx[0, 0],
                        part + (t // n_col_tiles) * D + c0, part_dbeta + (t // n_col_tiles) * D + c0)
 
     for j in range(D):
@@ -184,4 +279,5 @@ cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
         dgamma[j] = <floating> dgamma_j
         dbeta[j] = <floating> dbeta_j
     free(part)
+    free(row_consts)
     return 0
