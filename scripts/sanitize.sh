@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Run the kernel tests on an AddressSanitizer + UndefinedBehaviorSanitizer build.
+# Memory-safety runs of fastnorm's kernels, each on a build in a temporary copy
+# of the repository (tracked and untracked-but-not-ignored files), so the
+# in-place build of the work tree is left alone.
 #
-#   bash scripts/sanitize.sh                 # kernel, numerics and fuzz tests
-#   bash scripts/sanitize.sh tests/test_x.py # other tests (pytest arguments)
+#   bash scripts/sanitize.sh            # AddressSanitizer + UndefinedBehaviorSanitizer
+#   bash scripts/sanitize.sh --debug    # FASTNORM_DEBUG=1 build, the whole suite
+#   bash scripts/sanitize.sh [--debug] tests/test_x.py ...   # other pytest arguments
 #
-# The kernels are built in a temporary copy of the repository (tracked and
-# untracked, not ignored, files), so the in-place build of the work tree is
-# left alone. The build keeps the release code paths (-O3, bounds checks off,
-# OpenMP on): the sanitizers then see every out-of-bounds or use-after-free
-# access of the raw-pointer loops that Cython's own checks cannot see. Any
-# sanitizer report stops the run with a non-zero exit.
+# Default (ASan+UBSan): the release code paths (-O3, Cython's checks off,
+# OpenMP on), so the sanitizers see every out-of-bounds, use-after-free or
+# undefined-behaviour access of the raw-pointer loops, which Cython's own
+# checks cannot see. The kernel, numerics, fuzz and concurrency tests run on
+# the AVX2 copy of the kernels (when the CPU has it), then the kernel and
+# numerics tests on the baseline copy. Any sanitizer report ends the run with a
+# non-zero exit. About 4-7 minutes on a 2-core machine (the build alone 1-2).
 #
-# Needs gcc with libasan/libubsan (Debian: gcc). Takes about 2 minutes on a
-# 2-core machine (build ~15 s, tests under ASan ~2x slower than normal).
+# --debug: setup.py's debug build (bounds, wraparound and initialized checks
+# on, -O0 -g; baseline kernels only), then the whole test suite. About as long
+# as the normal suite plus a minute.
+#
+# Needs gcc (with libasan and libubsan for the default mode).
 set -euo pipefail
 
+mode=asan
+if [ "${1:-}" = "--debug" ]; then
+    mode=debug
+    shift
+fi
+
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-work="$(mktemp -d "${TMPDIR:-/tmp}/fastnorm-asan.XXXXXX")"
+work="$(mktemp -d "${TMPDIR:-/tmp}/fastnorm-$mode.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 
@@ -24,6 +37,28 @@ cd "$repo"
 git ls-files -z --cached --others --exclude-standard \
     | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
     | tar --null -T - -cf - | tar -xf - -C "$work"
+cd "$work"
+
+check_import() {
+    python - <<'PY'
+import pathlib, fastnorm, fastnorm._build as b
+here = pathlib.Path.cwd().resolve()
+k = b.load_kernels()
+assert pathlib.Path(k.__file__).resolve().is_relative_to(here), k.__file__
+print("   testing", pathlib.Path(k.__file__).name, "openmp:", fastnorm.openmp_enabled())
+PY
+}
+
+if [ "$mode" = debug ]; then
+    echo "== FASTNORM_DEBUG=1 build in $work"
+    FASTNORM_DEBUG=1 python setup.py build_ext --inplace > build.log 2>&1 || { tail -40 build.log; exit 1; }
+    echo "   built in $(( $(date +%s) - start )) s"
+    check_import
+    echo "== pytest ${*:-(whole suite)}"
+    python -m pytest -q -p no:cacheprovider "$@"
+    echo "== debug-build run passed ($(( $(date +%s) - start )) s in all)"
+    exit 0
+fi
 
 libasan="$(gcc -print-file-name=libasan.so)"
 libubsan="$(gcc -print-file-name=libubsan.so)"
@@ -32,7 +67,6 @@ if [ ! -e "$libasan" ] || [ ! -e "$libubsan" ]; then
     exit 2
 fi
 
-cd "$work"
 echo "== building the kernels with -fsanitize=address,undefined in $work"
 # The flags go in CC so that setup.py's OpenMP probe (compiled and linked as an
 # executable) links with the sanitizer runtime too and OpenMP stays on.
@@ -47,17 +81,20 @@ export PYTHONMALLOC=malloc
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_odr_violation=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
-python - <<'PY'
-import pathlib, fastnorm, fastnorm._kernels as k
-here = pathlib.Path.cwd().resolve()
-assert pathlib.Path(fastnorm.__file__).resolve().is_relative_to(here), fastnorm.__file__
-print("   testing", k.__file__, "openmp:", fastnorm.openmp_enabled())
-PY
-
-if [ "$#" -eq 0 ]; then
-    set -- $(ls tests/test_kernels*.py 2>/dev/null) tests/test_numerics.py tests/test_fuzz.py
+kernel_tests=$(ls tests/test_kernels*.py 2>/dev/null || true)
+if [ "$#" -gt 0 ]; then
+    passes=("auto:$*")
+else
+    passes=("auto:$kernel_tests tests/test_numerics.py tests/test_fuzz.py tests/test_concurrency.py")
+    if ls fastnorm/_kernels_avx2*.so > /dev/null 2>&1; then
+        passes+=("baseline:$kernel_tests tests/test_numerics.py")
+    fi
 fi
-echo "== pytest $*"
-# -p no:cacheprovider: nothing written back; the fuzz budget is the CI one.
-python -m pytest -q -p no:cacheprovider "$@"
+for pass in "${passes[@]}"; do
+    export FASTNORM_KERNELS="${pass%%:*}"
+    echo "== FASTNORM_KERNELS=$FASTNORM_KERNELS pytest ${pass#*:}"
+    check_import
+    # shellcheck disable=SC2086  # the test list is split on purpose
+    python -m pytest -q -p no:cacheprovider ${pass#*:}
+done
 echo "== sanitizer run clean: no invalid read/write, no undefined behaviour ($(( $(date +%s) - start )) s in all)"
