@@ -253,6 +253,15 @@ def test_checkpoint_of_another_normalization_is_refused(toy_run, tmp_path):
         solver.restore(str(folder / "run_epoch_2.pkl"))
 
 
+def test_checkpoint_of_another_dtype_is_refused(toy_run, tmp_path):
+    folder, _, _ = toy_run
+    model = _toy_model(dtype=np.float32)
+    solver = _toy_solver(model, _toy_data(), tmp_path)
+    with pytest.raises(ValueError, match="dtype"):
+        solver.restore(str(folder / "run_epoch_2.pkl"))
+    assert all(v.dtype == np.float32 for v in model.params.values())
+
+
 def test_truncated_or_foreign_files_are_refused(toy_run, tmp_path):
     folder, _, _ = toy_run
     good = (folder / "run_epoch_2.pkl").read_bytes()
