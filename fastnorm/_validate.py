@@ -6,8 +6,9 @@ that names it (and the shapes), and no argument is modified.
 
 from __future__ import annotations
 
+import math
 import numbers
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,6 +17,7 @@ DEFAULT_MOMENTUM = 0.9
 MODES = ("train", "test")
 
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, floating
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)  # the kernels' dtypes
 
 
 def _describe(a) -> str:
@@ -24,10 +26,13 @@ def _describe(a) -> str:
 
 def as_real_array(name: str, value) -> np.ndarray:
     """`value` as an ndarray of a real numeric dtype (no copy when it already is one)."""
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} could not be read as an array: {exc}") from None
+    if type(value) is np.ndarray:
+        arr = value  # what asarray returns, without the call
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} could not be read as an array: {exc}") from None
     if arr.dtype.kind == "c":
         raise TypeError(f"{name} is complex ({arr.dtype}); normalization needs real numbers")
     if arr.dtype.kind not in _NUMERIC_KINDS:
@@ -42,6 +47,13 @@ def compute_dtype(*arrays: np.ndarray) -> np.dtype:
     mean would) and float16 in float32 (no half-precision kernel). Extended
     precision is refused rather than silently rounded to float64.
     """
+    first = arrays[0].dtype
+    if first is _F64 or first is _F32:  # the common case, without result_type's cost
+        for a in arrays:
+            if a.dtype is not first:
+                break
+        else:
+            return first
     dtype = np.result_type(*arrays)
     if dtype.kind in "biu":
         return np.dtype(np.float64)
@@ -57,10 +69,11 @@ def compute_dtype(*arrays: np.ndarray) -> np.dtype:
 
 def _real_scalar(params: dict, pname: str, key: str, default, low, high, low_open=False):
     value = params.get(key, default)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, (bool, np.bool_))
+                                     or not isinstance(value, numbers.Real)):
         raise TypeError(f"{pname}['{key}'] must be a real number, got {value!r}")
     value = float(value)
-    if not np.isfinite(value) or value < low or value > high or (low_open and value == low):
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
         raise ValueError(f"{pname}['{key}'] must be finite and in {bounds}, got {value!r}")
     return value
@@ -68,6 +81,8 @@ def _real_scalar(params: dict, pname: str, key: str, default, low, high, low_ope
 
 def _ddof(params: dict, pname: str) -> int:
     ddof = params.get("ddof", 0)
+    if type(ddof) is int and (ddof == 0 or ddof == 1):
+        return ddof  # the common case, before the slower isinstance checks
     if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, numbers.Integral) or ddof not in (0, 1):
         raise ValueError(f"{pname}['ddof'] must be 0 or 1, got {ddof!r}")
     return int(ddof)
@@ -94,8 +109,7 @@ def _x_gamma_beta(x, gamma, beta):
     return x, gamma, beta
 
 
-@dataclass(frozen=True)
-class NormCall:
+class NormCall(NamedTuple):
     """A validated forward call: C-contiguous arrays of one floating dtype and its settings."""
 
     x: np.ndarray
@@ -110,6 +124,8 @@ class NormCall:
 
 
 def _contiguous(arr: np.ndarray, dtype) -> np.ndarray:
+    if arr.dtype is dtype and arr.flags.c_contiguous:
+        return arr  # what ascontiguousarray returns then, for less per-call time
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
