@@ -123,10 +123,14 @@ class NormCall(NamedTuple):
     running_var: np.ndarray | None = None
 
 
-def _contiguous(arr: np.ndarray, dtype) -> np.ndarray:
+def as_contiguous(arr: np.ndarray, dtype) -> np.ndarray:
+    """np.ascontiguousarray(arr, dtype=dtype), returning arr at once when it already is."""
     if arr.dtype is dtype and arr.flags.c_contiguous:
-        return arr  # what ascontiguousarray returns then, for less per-call time
+        return arr
     return np.ascontiguousarray(arr, dtype=dtype)
+
+
+_contiguous = as_contiguous
 
 
 def batchnorm_call(x, gamma, beta, bn_param) -> NormCall:
@@ -185,6 +189,8 @@ def check_dout(dout, x_shape, cache_dtype) -> tuple[np.ndarray, np.dtype]:
     dout = as_real_array("dout", dout)
     if dout.shape != tuple(x_shape):
         raise ValueError(f"dout must have the shape of x {tuple(x_shape)}, got {dout.shape}")
+    if dout.dtype is cache_dtype and (cache_dtype is _F64 or cache_dtype is _F32):
+        return dout, cache_dtype  # what compute_dtype gives then
     return dout, compute_dtype(dout, np.empty(0, cache_dtype))
 
 

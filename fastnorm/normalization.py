@@ -24,6 +24,18 @@ from ._threads import get_num_threads
 
 _kernels = load_kernels()  # the baseline or the AVX2 build, chosen once at import
 
+
+def _by_dtype(fused):
+    """The float32 and float64 specializations of a fused kernel, by dtype: calling
+    one directly skips the fused function's signature matching on every call."""
+    return {np.dtype(np.float32): fused["float"], np.dtype(np.float64): fused["double"]}
+
+
+_BN_FORWARD = _by_dtype(_kernels.batchnorm_forward)
+_BN_BACKWARD = _by_dtype(_kernels.batchnorm_backward)
+_LN_FORWARD = _by_dtype(_kernels.layernorm_forward)
+_LN_BACKWARD = _by_dtype(_kernels.layernorm_backward)
+
 __all__ = [
     "BatchNormCache",
     "LayerNormCache",
@@ -67,17 +79,25 @@ class LayerNormCache(_NormCache):
     stats_axis = 0  # statistics have length N
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _is_kernel_dtype(dtype) -> bool:
+    return dtype is _F64 or dtype is _F32 or dtype in (np.float32, np.float64)
+
+
 def _checked_cache(cache, kind: type, forward_name: str):
     """Check a cache (it may have been altered since the forward) before a kernel reads it."""
     _validate.check_cache_type(cache, kind, forward_name)
     x = cache.x
-    if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype in (np.float32, np.float64)
+    if not (isinstance(x, np.ndarray) and x.ndim == 2 and _is_kernel_dtype(x.dtype)
             and x.flags.c_contiguous and x.size > 0):
         raise ValueError("cache.x is no longer the non-empty C-contiguous float array the forward stored")
     n_stats = x.shape[kind.stats_axis]
     for name in ("mean", "inv_std"):
         arr = getattr(cache, name)
-        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64 and arr.shape == (n_stats,)
+        if not (isinstance(arr, np.ndarray) and (arr.dtype is _F64 or arr.dtype == np.float64)
+                and arr.shape == (n_stats,)
                 and arr.flags.c_contiguous):
             raise ValueError(f"cache.{name} must be a float64 array of shape ({n_stats},)")
     gamma = cache.gamma
@@ -92,9 +112,9 @@ def _backward_arrays(dout, cache, out):
     """dout, x and gamma in the backward's dtype, and the three outputs."""
     x = cache.x
     dout, dtype = _validate.check_dout(dout, x.shape, x.dtype)
-    dout = np.ascontiguousarray(dout, dtype=dtype)
-    x = np.ascontiguousarray(x, dtype=dtype)
-    gamma = np.ascontiguousarray(cache.gamma, dtype=dtype)
+    dout = _validate.as_contiguous(dout, dtype)
+    x = _validate.as_contiguous(x, dtype)
+    gamma = _validate.as_contiguous(cache.gamma, dtype)
     D = x.shape[1]
     if out is None:
         return dout, x, gamma, (np.empty_like(x), np.empty(D, dtype), np.empty(D, dtype))
@@ -141,7 +161,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     inv_std = np.empty(D)
     running_mean = np.empty(D, call.x.dtype)
     running_var = np.empty(D, call.x.dtype)
-    _kernels.batchnorm_forward(
+    _BN_FORWARD[call.x.dtype](
         call.x, call.gamma, call.beta, call.running_mean, call.running_var, call.train,
         call.momentum, call.eps, call.ddof, result, mean, inv_std, running_mean, running_var,
         get_num_threads(),
@@ -159,7 +179,7 @@ def batchnorm_backward(dout, cache, *, out=None):
     """
     cache = _checked_cache(cache, BatchNormCache, "batchnorm_forward")
     dout, x, gamma, (dx, dgamma, dbeta) = _backward_arrays(dout, cache, out)
-    _kernels.batchnorm_backward(
+    _BN_BACKWARD[x.dtype](
         dout, x, cache.mean, cache.inv_std, gamma, cache.mode == "train", cache.ddof,
         dx, dgamma, dbeta, get_num_threads(),
     )
@@ -183,7 +203,7 @@ def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
     N = call.x.shape[0]
     mean = np.empty(N)
     inv_std = np.empty(N)
-    _kernels.layernorm_forward(
+    _LN_FORWARD[call.x.dtype](
         call.x, call.gamma, call.beta, call.eps, call.ddof, result, mean, inv_std, get_num_threads()
     )
     return result, LayerNormCache(call.x, mean, inv_std, call.gamma, call.eps, call.ddof, "train")
@@ -193,7 +213,7 @@ def layernorm_backward(dout, cache, *, out=None):
     """Layer normalization backward (compiled): dx (N, D), dgamma (D,), dbeta (D,)."""
     cache = _checked_cache(cache, LayerNormCache, "layernorm_forward")
     dout, x, gamma, (dx, dgamma, dbeta) = _backward_arrays(dout, cache, out)
-    _kernels.layernorm_backward(
+    _LN_BACKWARD[x.dtype](
         dout, x, cache.mean, cache.inv_std, gamma, cache.ddof, dx, dgamma, dbeta, get_num_threads()
     )
     return dx, dgamma, dbeta
