@@ -94,7 +94,9 @@ for pass in "${passes[@]}"; do
     export FASTNORM_KERNELS="${pass%%:*}"
     echo "== FASTNORM_KERNELS=$FASTNORM_KERNELS pytest ${pass#*:}"
     check_import
+    # --capture=sys: a sanitizer report (written to fd 2) reaches the terminal even
+    # when it aborts the process in the middle of a test.
     # shellcheck disable=SC2086  # the test list is split on purpose
-    python -m pytest -q -p no:cacheprovider ${pass#*:}
+    python -m pytest -q -p no:cacheprovider --capture=sys ${pass#*:}
 done
 echo "== sanitizer run clean: no invalid read/write, no undefined behaviour ($(( $(date +%s) - start )) s in all)"
