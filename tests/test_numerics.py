@@ -9,7 +9,8 @@ out, dx, dgamma and dbeta separately.
 
 Stated bounds (u = unit roundoff of the dtype, eps = 2u):
 - float32: every output within 2 * eps32, whatever the offset: the statistics
-  are accumulated in float64, so only the final rounding to float32 remains.
+  are accumulated in float64, so only a few float32 roundings of the final
+  terms remain.
 - float64: every output within 2 * eps64 * (1 + |offset| / sigma): the mean is
   held in float64, so it carries an error of up to u * |offset|, and that is
   what x - mean inherits. (A float64 input near 1e12 has spacing 1.2e-4.)
