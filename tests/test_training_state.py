@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 
+import fastnorm
 from fastnorm import FullyConnectedNet, Solver
 
 # The training job. Resumes from the newest checkpoint when there is one. The
@@ -27,6 +28,7 @@ from fastnorm import FullyConnectedNet, Solver
 TRAIN = r'''
 import os, pickle, sys
 import numpy as np
+import fastnorm
 from fastnorm import FullyConnectedNet, Solver
 
 folder, normalization = sys.argv[1], sys.argv[2]
@@ -50,7 +52,7 @@ else:
 solver.train()
 result = {"loss_history": solver.loss_history, "val_acc_history": solver.val_acc_history,
           "train_acc_history": solver.train_acc_history, "params": solver.model.params,
-          "bn_params": solver.model.bn_params}
+          "bn_params": solver.model.bn_params, "fastnorm": os.path.abspath(fastnorm.__file__)}
 with open(os.path.join(folder, "result.pkl"), "wb") as f:
     pickle.dump(result, f)
 '''
@@ -60,7 +62,10 @@ ITERATIONS_PER_EPOCH = 6  # 300 samples / batch 50
 
 def _start(script, folder, normalization):
     """The training job, its output going to files beside the run (no pipes to leak when killed)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    # the child imports the same fastnorm as this process (a debug or sanitizer copy too)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastnorm.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     with open(folder / "stdout.log", "wb") as out, open(folder / "stderr.log", "wb") as err:
         return subprocess.Popen([sys.executable, str(script), str(folder), normalization],
                                 stdout=out, stderr=err, env=env)
@@ -157,6 +162,7 @@ def test_sigkill_while_checkpointing_keeps_a_loadable_checkpoint_and_resume_is_e
     assert resumed >= 1
     with open(folder / "result.pkl", "rb") as f:
         result = pickle.load(f)
+    assert result["fastnorm"] == os.path.abspath(fastnorm.__file__)  # the build under test
     assert result["loss_history"] == uninterrupted["loss_history"]
     assert result["val_acc_history"] == uninterrupted["val_acc_history"]
     assert result["train_acc_history"] == uninterrupted["train_acc_history"]
