@@ -147,6 +147,7 @@ def measure(args):
     from . import machine, report, runner, suite, targets, timing, torch_anchor
 
     load_before = machine.load_average()
+    timing.settle_allocator()  # the same allocator state with or without torch
     settings = _settings(args)
     with_torch = settings["torch"] and torch_anchor.available()
     kind = "vs-torch" if args.vs_torch else "bench"

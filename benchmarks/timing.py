@@ -130,6 +130,23 @@ def interleaved(
     return {name: Timing(tuple(samples[name]), numbers[name]) for name in names}
 
 
+SETTLE_BYTES = 30 * 2**20  # below glibc's 32 MiB cap on its dynamic mmap threshold
+
+
+def settle_allocator() -> None:
+    """Put glibc's malloc in the steady state of a long-running process before timing.
+
+    Freeing one large mapped block raises malloc's mmap threshold to its size
+    (and the trim threshold to twice that), so later temporaries below it are
+    reused from the heap instead of being mapped and page-faulted in anew on
+    every call. Without this the state depends on what ran before (importing
+    torch does the same), and NumPy's many-temporary reference was 3-4x slower
+    at (100, 500) without torch than with it. Other allocators ignore it.
+    """
+    block = np.empty(SETTLE_BYTES // 8)
+    del block
+
+
 def gb_per_s(traffic_bytes: int, seconds: float) -> float:
     """Throughput in GB/s (10**9 bytes) of the given traffic."""
     return traffic_bytes / seconds / 1e9 if seconds > 0 else float("inf")
