@@ -188,13 +188,39 @@ cdef inline void _strip_param_grads(const floating* dout, const floating* x, Py_
         dbeta_io[k] = acc[k]
 
 
+cdef inline void _rows_consts(const floating* dout, const floating* x, const floating* gamma,
+                              Py_ssize_t D, Py_ssize_t i0, Py_ssize_t i1,
+                              const double* mean, const double* inv_std, int ddof,
+                              floating* row_consts) noexcept nogil:
+    """The two row reductions of g = dout*gamma for rows i0..i1, turned into 5
+    constants per row in x's dtype: mean_hi, mean residue, inv_std, shift, x_hat coefficient."""
+    cdef Py_ssize_t i
+    cdef floating mu_hi
+    cdef double residue, sum_g, sum_g_xc, k_shift, k_xc
+    for i in range(i0, i1):
+        mu_hi = <floating> mean[i]
+        residue = mean[i] - mu_hi
+        sum_g = _row_g_sum(dout + i * D, gamma, D)
+        sum_g_xc = _row_g_xc_sum(dout + i * D, x + i * D, gamma, D, mu_hi) - residue * sum_g
+        k_shift = sum_g / D
+        k_xc = inv_std[i] * inv_std[i] * sum_g_xc / (D - ddof)
+        row_consts[5 * i] = mu_hi
+        row_consts[5 * i + 1] = <floating> residue
+        row_consts[5 * i + 2] = <floating> inv_std[i]
+        row_consts[5 * i + 3] = <floating> (k_shift - residue * k_xc)
+        row_consts[5 * i + 4] = <floating> k_xc
+
+
 cdef inline void _tile_backward(const floating* dout, const floating* x, const floating* gamma,
                                 Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
                                 Py_ssize_t c0, Py_ssize_t c1,
-                                const floating* row_consts,
+                                floating* row_consts, bint with_consts,
+                                const double* mean, const double* inv_std, int ddof,
                                 floating* dx, double* dgamma_part, double* dbeta_part) noexcept nogil:
     """dx on the tile [r0:r1, c0:c1] from the per-row constants, and the tile's
-    column sums of dout * x_hat (-> dgamma) and dout (-> dbeta), ROW_CHUNK rows at a time."""
+    column sums of dout * x_hat (-> dgamma) and dout (-> dbeta), ROW_CHUNK rows at a time.
+    with_consts: the tile spans whole rows; compute each chunk's constants first,
+    while its rows are in cache (same numbers as computing them beforehand)."""
     cdef Py_ssize_t i, j, r, c, rows, at, w = c1 - c0
     cdef floating mu_hi, s, shift, kxc
     cdef const floating* dy_row
@@ -206,6 +232,8 @@ cdef inline void _tile_backward(const floating* dout, const floating* x, const f
         dbeta_part[j] = 0.0
     for r in range(r0, r1, 8):   # 8 == ROW_CHUNK (range needs a literal step)
         rows = min(ROW_CHUNK, r1 - r)
+        if with_consts:
+            _rows_consts(dout, x, gamma, D, r, r + rows, mean, inv_std, ddof, row_consts)
         for i in range(r, r + rows):
             dy_row = dout + i * D + c0
             x_row = x + i * D + c0
@@ -239,8 +267,7 @@ cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
     cdef Py_ssize_t t, rb, r0, c0, i, j
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double dgamma_j, dbeta_j, sum_g, sum_g_xc, k_shift, k_xc, residue
-    cdef floating mu_hi
+    cdef double dgamma_j, dbeta_j
     cdef double* part = <double*> malloc(2 * n_row_blocks * D * sizeof(double))
     # per row, in x's dtype: mean_hi, mean residue, inv_std, shift, x_hat coefficient
     cdef floating* row_consts = <floating*> malloc(5 * N * sizeof(floating))
@@ -250,25 +277,24 @@ cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
         return -1
     cdef double* part_dbeta = part + n_row_blocks * D
 
-    for i in prange(N, num_threads=nt, schedule='static'):
-        mu_hi = <floating> mean[i]
-        residue = mean[i] - mu_hi
-        sum_g = _row_g_sum(&dout[i, 0], &gamma[0], D)
-        sum_g_xc = _row_g_xc_sum(&dout[i, 0], &x[i, 0], &gamma[0], D, mu_hi) - residue * sum_g
-        k_shift = sum_g / D
-        k_xc = inv_std[i] * inv_std[i] * sum_g_xc / (D - ddof)
-        row_consts[5 * i] = mu_hi
-        row_consts[5 * i + 1] = <floating> residue
-        row_consts[5 * i + 2] = <floating> inv_std[i]
-        row_consts[5 * i + 3] = <floating> (k_shift - residue * k_xc)
-        row_consts[5 * i + 4] = <floating> k_xc
-
-    for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
-        r0 = (t // n_col_tiles) * ROW_BLOCK
-        c0 = (t % n_col_tiles) * COL_TILE
-        _tile_backward(&dout[0, 0], &x[0, 0], &gamma[0], D, r0, min(r0 + ROW_BLOCK, N),
-                       c0, min(c0 + COL_TILE, D), row_consts, &dx[0, 0],
-                       part + (t // n_col_tiles) * D + c0, part_dbeta + (t // n_col_tiles) * D + c0)
+    if n_row_blocks >= 4:
+        # tall: one pass, a row block per task (its row sums, then its dx and partials)
+        for rb in prange(n_row_blocks, num_threads=nt, schedule='static'):
+            _tile_backward(&dout[0, 0], &x[0, 0], &gamma[0], D, rb * ROW_BLOCK,
+                           min((rb + 1) * ROW_BLOCK, N), 0, D, row_consts, True,
+                           &mean[0], &inv_std[0], ddof, &dx[0, 0], part + rb * D, part_dbeta + rb * D)
+    else:
+        # wide: the row sums in parallel over rows, then tiles that split the columns too
+        for i in prange(N, num_threads=nt, schedule='static'):
+            _rows_consts(&dout[0, 0], &x[0, 0], &gamma[0], D, i, i + 1, &mean[0], &inv_std[0],
+                         ddof, row_consts)
+        for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
+            r0 = (t // n_col_tiles) * ROW_BLOCK
+            c0 = (t % n_col_tiles) * COL_TILE
+            _tile_backward(&dout[0, 0], &x[0, 0], &gamma[0], D, r0, min(r0 + ROW_BLOCK, N),
+                           c0, min(c0 + COL_TILE, D), row_consts, False, &mean[0], &inv_std[0],
+                           ddof, &dx[0, 0], part + (t // n_col_tiles) * D + c0,
+                           part_dbeta + (t // n_col_tiles) * D + c0)
 
     for j in range(D):
         dgamma_j = part[j]
