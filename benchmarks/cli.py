@@ -120,11 +120,12 @@ def _roles_of(vs_torch: bool, with_torch: bool):
     from . import suite
 
     def roles(case) -> tuple[str, ...]:
+        own = ("fastnorm", "fastnorm_out") if case.is_large else ("fastnorm",)  # out=: for GB/s
         torch = ("torch",) if with_torch else ()
         if not vs_torch:
-            return ("fastnorm", "numpy", "graph") + torch
+            return own + ("numpy", "graph") + torch
         notebook = case.shape == suite.NOTEBOOK_SHAPE and case.dtype == "float64"
-        return ("fastnorm",) + torch + (("graph",) if notebook else ())
+        return own + torch + (("graph",) if notebook else ())
 
     return roles
 

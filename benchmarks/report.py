@@ -161,7 +161,8 @@ def text_report(run: Run) -> str:
         f"fastnorm's (>1: fastnorm faster); {MISS_MARK} marks a missed target",
         f"copy bandwidth (np.copyto of {run.copy_bytes / 2**20:.0f} MiB, one thread, before and after "
         f"the cells): {run.copy_gbps:.1f} GB/s; "
-        f"GB/s of arrays >= 16 MiB count the minimum traffic (fwd 2x, bwd 3x the array)",
+        f"GB/s of arrays >= 16 MiB: minimum traffic (fwd 2x, bwd 3x the array) of the call with out= "
+        f"buffers, which like the copy writes into existing memory",
         _clock_line(run),
         *filter(None, [machine.load_note(run.info)]),
         "",
@@ -179,7 +180,8 @@ def markdown_report(run: Run) -> str:
     """The table for the README, with the machine named."""
     headers, rows = matrix_rows(run) if run.kind == "vs-torch" else bench_rows(run)
     return "\n".join([
-        f"Machine: {machine.one_line(run.info)}. Copy bandwidth {run.copy_gbps:.1f} GB/s.",
+        f"Machine: {machine.one_line(run.info)}. Copy bandwidth (np.copyto, one thread) "
+        f"{run.copy_gbps:.1f} GB/s; GB/s: minimum traffic of the out= call, arrays >= 16 MiB.",
         f"Median of {_rounds_text(run)} interleaved runs; 'vs X' = X's time / fastnorm's; "
         f"{MISS_MARK} = target missed. {_clock_line(run)}",
         *filter(None, [machine.load_note(run.info)]),

@@ -2,6 +2,8 @@
 
 Contenders of a case, by role:
     fastnorm  the compiled kernel (the one every ratio divides)
+    fastnorm_out  the same, writing into preallocated out= buffers: its GB/s
+              is held against the copy, which also writes into an existing array
     numpy     fastnorm.reference: the forward, or the simplified backward
     graph     fastnorm.reference.batchnorm_backward, node by node (bn backward only)
     torch     PyTorch's ATen kernel, when torch is importable
@@ -28,7 +30,7 @@ OP_LABELS = {
     "ln_bwd": "ln backward",
 }
 DTYPES = ("float32", "float64")
-CONTENDERS = ("fastnorm", "numpy", "graph", "torch")
+CONTENDERS = ("fastnorm", "fastnorm_out", "numpy", "graph", "torch")
 
 NOTEBOOK_SHAPE = (100, 500)
 OVERHEAD_SHAPE = (2, 3)  # per-call overhead: the data is negligible
@@ -92,9 +94,17 @@ def make_inputs(shape, dtype, seed: int = 0) -> SimpleNamespace:
 # the batch-norm backward each NumPy-API role times (layer norm has one backward)
 BN_BACKWARD = {
     "fastnorm": "batchnorm_backward",  # compiled, fused
+    "fastnorm_out": "batchnorm_backward",
     "numpy": "batchnorm_backward_alt",  # reference, simplified
     "graph": "batchnorm_backward",  # reference, node by node
 }
+
+
+def _out_buffers(op: str, inputs) -> dict:
+    """out= for fastnorm_out: out, or (dx, dgamma, dbeta)."""
+    if op.endswith("fwd"):
+        return {"out": np.empty_like(inputs.x)}
+    return {"out": (np.empty_like(inputs.x), np.empty_like(inputs.gamma), np.empty_like(inputs.gamma))}
 
 
 def _numpy_api_contender(module, role: str, op: str, inputs):
@@ -102,11 +112,12 @@ def _numpy_api_contender(module, role: str, op: str, inputs):
     norm, param = ("batchnorm", {"mode": "train"}) if op.startswith("bn") else ("layernorm", {})
     forward = getattr(module, f"{norm}_forward")
     x, gamma, beta, dout = inputs.x, inputs.gamma, inputs.beta, inputs.dout
+    out = _out_buffers(op, inputs) if role == "fastnorm_out" else {}
     if op.endswith("fwd"):
-        return lambda: forward(x, gamma, beta, param)
+        return lambda: forward(x, gamma, beta, param, **out)
     backward = getattr(module, BN_BACKWARD[role] if norm == "batchnorm" else "layernorm_backward")
     _, cache = forward(x, gamma, beta, dict(param))
-    return lambda: backward(dout, cache)
+    return lambda: backward(dout, cache, **out)
 
 
 def contenders(case: Case, inputs, roles) -> dict:
@@ -116,7 +127,7 @@ def contenders(case: Case, inputs, roles) -> dict:
 
     funcs = {}
     for role in roles:
-        if role == "fastnorm":
+        if role in ("fastnorm", "fastnorm_out"):
             funcs[role] = _numpy_api_contender(fastnorm, role, case.op, inputs)
         elif role == "numpy" or (role == "graph" and case.op == "bn_bwd"):
             funcs[role] = _numpy_api_contender(reference, role, case.op, inputs)

@@ -138,6 +138,23 @@ def test_sweep_has_a_shape_larger_than_the_last_level_cache():
     assert max(n * d * 4 for n, d in shapes) > last_level_cache_bytes()
 
 
+def test_gbps_of_large_arrays_come_from_the_out_call():
+    case = suite.Case("bn_fwd", (4096, 1024), "float32")  # 16 MiB
+    assert case.is_large and not suite.Case("bn_fwd", (4095, 1024), "float32").is_large
+    cell = runner.Cell(case, 1, {"fastnorm": timing.Timing((2e-3,), 1), "fastnorm_out": timing.Timing((1e-3,), 1)})
+    assert cell.gbps == pytest.approx(case.traffic / 1e-3 / 1e9)
+    assert set(cell.as_dict(copy_gbps=10.0)["speedup"]) == set()  # no anchor: out= is not one
+
+
+def test_large_cases_get_an_out_contender():
+    from fastnorm.benchmarks.cli import _roles_of
+
+    large, small = suite.Case("ln_bwd", (4096, 1024), "float64"), suite.Case("ln_bwd", (8, 16), "float64")
+    for vs_torch in (False, True):
+        roles = _roles_of(vs_torch, with_torch=True)
+        assert "fastnorm_out" in roles(large) and "fastnorm_out" not in roles(small)
+
+
 def _cell(op, shape, dtype, **seconds):
     timings = {role: timing.Timing((s,), 1) for role, s in seconds.items()}
     return runner.Cell(suite.Case(op, shape, dtype), 1, timings)
