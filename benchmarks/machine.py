@@ -90,5 +90,6 @@ def load_note(info: dict) -> str | None:
     load = info.get("load_average_before")
     if load is None or load < 0.5:
         return None
-    return (f"note: load average {load:.2f} on {info['cores']} cores before the run (other processes); "
-            "multi-thread timings suffer most, ratios within a cell still hold best")
+    return (f"note: load average {load:.2f} on {info['cores']} cores before the run (other processes). "
+            "With every core busy, each parallel region waits for a time slice (often ~8-24 ms): "
+            "multi-thread cells then time the scheduler, not the kernels; 1-thread cells still hold")
