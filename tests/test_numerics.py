@@ -136,11 +136,12 @@ def offset_bound(dtype, offset):
 _AXIS = {"batchnorm": 0, "layernorm": 1}
 
 
-@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("shape,ddof", [((256, 24), 0), ((256, 24), 1),
+                                         ((700, 66), 0)])  # threaded, several tiles and lanes
 @pytest.mark.parametrize("kind", ["batchnorm", "layernorm"])
 @pytest.mark.parametrize("dtype,offset", OFFSET_CASES)
-def test_large_offset_within_stated_bound(dtype, offset, kind, ddof):
-    x, gamma, beta, dout = offset_problem(dtype, offset)
+def test_large_offset_within_stated_bound(dtype, offset, kind, shape, ddof):
+    x, gamma, beta, dout = offset_problem(dtype, offset, shape=shape)
     exact = exact_norm(x, gamma, beta, dout, _AXIS[kind], ddof=ddof)
     got = fastnorm_run(kind, x, gamma, beta, dout, ddof=ddof)
     bound = offset_bound(dtype, offset)
