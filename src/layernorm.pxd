@@ -145,49 +145,6 @@ cdef inline double _row_g_xc_sum(const floating* dy, const floating* x, const fl
     return _lanes_total(acc)
 
 
-cdef enum:
-    ROW_CHUNK = 8   # rows a strip pass takes at once: 8 lines per cache set, any row stride
-    STRIP = 16      # columns whose dgamma/dbeta sums stay in registers
-
-
-cdef inline void _strip_param_grads(const floating* dout, const floating* x, Py_ssize_t D,
-                                    Py_ssize_t n_rows, const floating* row_consts, Py_ssize_t w,
-                                    double* dgamma_io, double* dbeta_io) noexcept nogil:
-    """Add the sums over n_rows rows of dout * x_hat and dout for w (<= STRIP) columns
-    (IN/OUT). w == STRIP is the fast path: the sums stay in registers."""
-    cdef double acc[STRIP]
-    cdef Py_ssize_t i, k
-    cdef floating mu_hi, mu_lo, s
-    cdef const floating* dy_row
-    cdef const floating* x_row
-    if w < STRIP:
-        for i in range(n_rows):
-            dy_row = dout + i * D
-            x_row = x + i * D
-            mu_hi, mu_lo, s = row_consts[5 * i], row_consts[5 * i + 1], row_consts[5 * i + 2]
-            for k in range(w):
-                dgamma_io[k] += dy_row[k] * (((x_row[k] - mu_hi) - mu_lo) * s)
-                dbeta_io[k] += dy_row[k]
-        return
-    for k in range(STRIP):
-        acc[k] = dgamma_io[k]
-    for i in range(n_rows):
-        dy_row = dout + i * D
-        x_row = x + i * D
-        mu_hi, mu_lo, s = row_consts[5 * i], row_consts[5 * i + 1], row_consts[5 * i + 2]
-        for k in range(STRIP):
-            acc[k] += dy_row[k] * (((x_row[k] - mu_hi) - mu_lo) * s)   # product in x's dtype
-    for k in range(STRIP):
-        dgamma_io[k] = acc[k]
-        acc[k] = dbeta_io[k]
-    for i in range(n_rows):
-        dy_row = dout + i * D
-        for k in range(STRIP):
-            acc[k] += dy_row[k]
-    for k in range(STRIP):
-        dbeta_io[k] = acc[k]
-
-
 cdef inline void _rows_consts(const floating* dout, const floating* x, const floating* gamma,
                               Py_ssize_t D, Py_ssize_t i0, Py_ssize_t i1,
                               const double* mean, const double* inv_std, int ddof,
@@ -218,11 +175,11 @@ cdef inline void _tile_backward(const floating* dout, const floating* x, const f
                                 const double* mean, const double* inv_std, int ddof,
                                 floating* dx, double* dgamma_part, double* dbeta_part) noexcept nogil:
     """dx on the tile [r0:r1, c0:c1] from the per-row constants, and the tile's
-    column sums of dout * x_hat (-> dgamma) and dout (-> dbeta), ROW_CHUNK rows at a time.
-    with_consts: the tile spans whole rows; compute each chunk's constants first,
-    while its rows are in cache (same numbers as computing them beforehand)."""
-    cdef Py_ssize_t i, j, r, c, rows, at, w = c1 - c0
-    cdef floating mu_hi, s, shift, kxc
+    column sums of dout * x_hat (-> dgamma) and dout (-> dbeta), row by row.
+    with_consts: the tile spans whole rows; compute each row's constants first,
+    while the row is in cache (same numbers as computing them beforehand)."""
+    cdef Py_ssize_t i, j, w = c1 - c0
+    cdef floating mu_hi, mu_lo, s, shift, kxc
     cdef const floating* dy_row
     cdef const floating* x_row
     cdef const floating* g = gamma + c0
@@ -230,22 +187,19 @@ cdef inline void _tile_backward(const floating* dout, const floating* x, const f
     for j in range(w):
         dgamma_part[j] = 0.0
         dbeta_part[j] = 0.0
-    for r in range(r0, r1, 8):   # 8 == ROW_CHUNK (range needs a literal step)
-        rows = min(ROW_CHUNK, r1 - r)
+    for i in range(r0, r1):
         if with_consts:
-            _rows_consts(dout, x, gamma, D, r, r + rows, mean, inv_std, ddof, row_consts)
-        for i in range(r, r + rows):
-            dy_row = dout + i * D + c0
-            x_row = x + i * D + c0
-            dx_row = dx + i * D + c0
-            mu_hi, s = row_consts[5 * i], row_consts[5 * i + 2]
-            shift, kxc = row_consts[5 * i + 3], row_consts[5 * i + 4]
-            for j in range(w):
-                dx_row[j] = s * (dy_row[j] * g[j] - shift - (x_row[j] - mu_hi) * kxc)
-        for c in range(0, w, 16):   # 16 == STRIP; the rows are still in cache
-            at = r * D + c0 + c
-            _strip_param_grads(dout + at, x + at, D, rows, row_consts + 5 * r,
-                               min(STRIP, w - c), dgamma_part + c, dbeta_part + c)
+            _rows_consts(dout, x, gamma, D, i, i + 1, mean, inv_std, ddof, row_consts)
+        dy_row = dout + i * D + c0
+        x_row = x + i * D + c0
+        dx_row = dx + i * D + c0
+        mu_hi, mu_lo, s = row_consts[5 * i], row_consts[5 * i + 1], row_consts[5 * i + 2]
+        shift, kxc = row_consts[5 * i + 3], row_consts[5 * i + 4]
+        for j in range(w):
+            dx_row[j] = s * (dy_row[j] * g[j] - shift - (x_row[j] - mu_hi) * kxc)
+        for j in range(w):   # (one loop with the dx line is slower for float64)
+            dgamma_part[j] += dy_row[j] * (((x_row[j] - mu_hi) - mu_lo) * s)
+            dbeta_part[j] += dy_row[j]
 
 
 cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
