@@ -85,6 +85,10 @@ def _values(data, shape, special):
 
 
 def _cast(a, dtype):
+    return np.asarray(_cast_values(a, dtype))  # 0-D results stay arrays, not scalars
+
+
+def _cast_values(a, dtype):
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -113,7 +117,7 @@ def _layout(data, a):
         b = np.ascontiguousarray(a[(slice(None, None, -1),) * a.ndim])
         return b[(slice(None, None, -1),) * a.ndim]
     if kind == "readonly":
-        b = a.copy()
+        b = np.array(a, copy=True)
         b.flags.writeable = False
         return b
     if kind == "list" and a.dtype.kind in "fiub" and a.ndim:
