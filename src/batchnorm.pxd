@@ -163,7 +163,6 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
     Test: running statistics. Returns -1 when scratch memory cannot be had."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], j
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double var, scale
     cdef double* m2 = <double*> malloc(D * sizeof(double))
     cdef floating* consts = <floating*> malloc(3 * D * sizeof(floating))
     if m2 == NULL or consts == NULL:
@@ -178,11 +177,15 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
             free(m2)
             free(consts)
             return -1
+        # per-column loops with one or two outputs each: they vectorize (wide D matters)
         for j in range(D):
-            var = m2[j] / (N - ddof)
-            inv_std[j] = 1.0 / sqrt(var + eps)
+            m2[j] = m2[j] / (N - ddof)   # the variance from here on
+        for j in range(D):
+            inv_std[j] = 1.0 / sqrt(m2[j] + eps)
+        for j in range(D):
             running_mean_out[j] = <floating> (momentum * running_mean[j] + (1.0 - momentum) * mean[j])
-            running_var_out[j] = <floating> (momentum * running_var[j] + (1.0 - momentum) * var)
+        for j in range(D):
+            running_var_out[j] = <floating> (momentum * running_var[j] + (1.0 - momentum) * m2[j])
     else:
         for j in range(D):
             mean[j] = running_mean[j]
@@ -190,13 +193,13 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
             running_mean_out[j] = running_mean[j]
             running_var_out[j] = running_var[j]
     for j in range(D):
-        scale = gamma[j] * inv_std[j]
         shift[j] = <floating> mean[j]
-        scales[j] = <floating> scale
+        scales[j] = <floating> (gamma[j] * inv_std[j])
+    for j in range(D):
         if floating is double:
             offset[j] = beta[j]
         else:
-            offset[j] = <floating> (beta[j] - (mean[j] - shift[j]) * scale)
+            offset[j] = <floating> (beta[j] - (mean[j] - shift[j]) * (gamma[j] * inv_std[j]))
     _normalize_rows(&x[0, 0], N, D, shift, scales, offset, &out[0, 0], nt)
     free(m2)
     free(consts)
@@ -274,17 +277,17 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
     cdef Py_ssize_t t, rb, r0, c0, i, j
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double k_shift, k_xc
-    cdef double* part = <double*> malloc((2 * n_row_blocks + 3) * D * sizeof(double))
+    cdef double* part = <double*> malloc((2 * n_row_blocks + 2) * D * sizeof(double))
     cdef floating* consts = <floating*> malloc(4 * D * sizeof(floating))
     if part == NULL or consts == NULL:
         free(part)
         free(consts)
         return -1
     cdef double* part_dy_xc = part + n_row_blocks * D
-    cdef double* sum_dy = part + 2 * n_row_blocks * D
-    cdef double* sum_dy_xc = sum_dy + D
-    cdef double* residue = sum_dy + 2 * D     # mean - shift
+    cdef double* sum_dy = part                # row block 0's partial sums, then the totals
+    cdef double* sum_dy_xc = part_dy_xc
+    cdef double* residue = part + 2 * n_row_blocks * D   # mean - shift
+    cdef double* k_xc = residue + D           # inv_std^2 * sum(dout*(x-mean)) / (N - ddof)
     cdef floating* shift = consts              # mean rounded to x's dtype
     cdef floating* c_scale = consts + D        # gamma * inv_std
     cdef floating* c_shift = consts + 2 * D    # sum(dout)/N - residue * c_xc
@@ -302,26 +305,31 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
         _tile_grad_sums(&dout[0, 0], &x[0, 0], D, r0, min(r0 + ROW_BLOCK, N),
                         c0, min(c0 + COL_TILE, D), shift + c0, residue + c0,
                         part + (t // n_col_tiles) * D + c0, part_dy_xc + (t // n_col_tiles) * D + c0)
-    for j in range(D):
-        sum_dy[j] = part[j]
-        sum_dy_xc[j] = part_dy_xc[j]
-    for rb in range(1, n_row_blocks):
+    for rb in range(1, n_row_blocks):   # merged in row-block order into block 0's sums
         for j in range(D):
             sum_dy[j] += part[rb * D + j]
+        for j in range(D):
             sum_dy_xc[j] += part_dy_xc[rb * D + j]
 
+    # per-column loops with few outputs each, so that they vectorize (wide D matters)
     for j in range(D):
         dbeta[j] = <floating> sum_dy[j]
+    for j in range(D):
         dgamma[j] = <floating> (sum_dy_xc[j] * inv_std[j])
+    for j in range(D):
         c_scale[j] = <floating> (gamma[j] * inv_std[j])
-        if train:
-            k_shift = sum_dy[j] / N
-            k_xc = inv_std[j] * inv_std[j] * sum_dy_xc[j] / (N - ddof)
-        else:
-            k_shift = 0.0
-            k_xc = 0.0
-        c_xc[j] = <floating> k_xc
-        c_shift[j] = <floating> (k_shift - residue[j] * k_xc)
+    if train:
+        for j in range(D):
+            k_xc[j] = inv_std[j] * inv_std[j] * sum_dy_xc[j] / (N - ddof)
+        for j in range(D):
+            c_shift[j] = <floating> (sum_dy[j] / N - residue[j] * k_xc[j])
+    else:
+        for j in range(D):
+            k_xc[j] = 0.0
+        for j in range(D):
+            c_shift[j] = <floating> (0.0 - residue[j] * k_xc[j])
+    for j in range(D):
+        c_xc[j] = <floating> k_xc[j]
 
     for i in prange(N, num_threads=nt, schedule='static'):
         dy_row = &dout[i, 0]
