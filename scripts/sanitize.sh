@@ -39,8 +39,31 @@ git ls-files -z --cached --others --exclude-standard \
     | tar --null -T - -cf - | tar -xf - -C "$work"
 cd "$work"
 
+# Python for the copy only: an editable install of another tree (pip install -e)
+# puts an import hook on sys.meta_path that would resolve fastnorm's submodules
+# (the other kernel copy, say) in that tree; drop it.
+cat > hermetic.py <<'PY'
+import runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not (getattr(f, "__module__", None) or type(f).__module__).startswith("__editable__")]
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True) if sys.argv[0] != "-" else exec(sys.stdin.read())
+PY
+hpython() { python "$work/hermetic.py" "$@"; }
+
+# Lay out the packages pyproject.toml maps from other folders (package-dir) the
+# way an install does, so the copy imports like an installed fastnorm.
+python - <<'PY'
+import pathlib, shutil, tomllib
+conf = tomllib.loads(pathlib.Path("pyproject.toml").read_text())
+for name, folder in conf.get("tool", {}).get("setuptools", {}).get("package-dir", {}).items():
+    target = pathlib.Path(*name.split("."))
+    if name and folder and not target.exists() and pathlib.Path(folder).is_dir():
+        shutil.copytree(folder, target)
+PY
+
 check_import() {
-    python - <<'PY'
+    hpython - <<'PY'
 import pathlib, fastnorm, fastnorm._build as b
 here = pathlib.Path.cwd().resolve()
 k = b.load_kernels()
@@ -55,7 +78,7 @@ if [ "$mode" = debug ]; then
     echo "   built in $(( $(date +%s) - start )) s"
     check_import
     echo "== pytest ${*:-(whole suite)}"
-    python -m pytest -q -p no:cacheprovider "$@"
+    hpython pytest -q -p no:cacheprovider "$@"
     echo "== debug-build run passed ($(( $(date +%s) - start )) s in all)"
     exit 0
 fi
@@ -97,6 +120,6 @@ for pass in "${passes[@]}"; do
     # --capture=sys: a sanitizer report (written to fd 2) reaches the terminal even
     # when it aborts the process in the middle of a test.
     # shellcheck disable=SC2086  # the test list is split on purpose
-    python -m pytest -q -p no:cacheprovider --capture=sys ${pass#*:}
+    hpython pytest -q -p no:cacheprovider --capture=sys ${pass#*:}
 done
 echo "== sanitizer run clean: no invalid read/write, no undefined behaviour ($(( $(date +%s) - start )) s in all)"
