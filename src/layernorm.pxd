@@ -231,8 +231,9 @@ cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
         return -1
     cdef double* part_dbeta = part + n_row_blocks * D
 
-    if n_row_blocks >= 4:
-        # tall: one pass, a row block per task (its row sums, then its dx and partials)
+    if n_row_blocks >= 4 or nt == 1:
+        # tall (or one thread): one pass, a row block per task (its row sums, then its
+        # dx and partials). Per column the same sums as the wide split: same results.
         for rb in prange(n_row_blocks, num_threads=nt, schedule='static'):
             _tile_backward(&dout[0, 0], &x[0, 0], &gamma[0], D, rb * ROW_BLOCK,
                            min((rb + 1) * ROW_BLOCK, N), 0, D, row_consts, True,
