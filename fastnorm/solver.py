@@ -138,6 +138,16 @@ def _check_split(data, split, model):
     return X, y
 
 
+def _architecture(model) -> dict:
+    """What must agree, beyond parameter shapes, for a checkpoint to fit a model."""
+    dropout = getattr(model, "dropout_param", None) or {}
+    return {
+        "normalization": getattr(model, "normalization", None),
+        "dtype": getattr(model, "dtype", None),
+        "dropout keep ratio": dropout.get("p", 1),
+    }
+
+
 class Solver:
     """Trains ``model`` on ``data`` with the notebook's keywords; see the module docstring."""
 
@@ -408,8 +418,8 @@ class Solver:
     def restore(self, checkpoint):
         """Load a checkpoint (a path or the dict of load_checkpoint) into this solver and its model.
 
-        The model must have the same parameter names and shapes, normalization
-        and dtype. NumPy's global generator is set to the saved state when
+        The model must have the same parameter names and shapes, normalization,
+        dtype and dropout keep ratio. NumPy's global generator is set to the saved state when
         train() next starts.
         """
         state = self.load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
@@ -420,10 +430,11 @@ class Solver:
         if mine != theirs:
             raise ValueError(f"the checkpoint's parameters {theirs} do not match the model's {mine}")
         # same widths do not make the same model: a batch-norm state is no layer-norm state
-        for attr in ("normalization", "dtype"):
-            if getattr(saved, attr, None) != getattr(self.model, attr, None):
-                raise ValueError(f"the checkpoint's model has {attr} {getattr(saved, attr, None)!r}, "
-                                 f"this model has {getattr(self.model, attr, None)!r}")
+        mine, theirs = _architecture(self.model), _architecture(saved)
+        for key in mine:
+            if mine[key] != theirs[key]:
+                raise ValueError(f"the checkpoint's model has {key} {theirs[key]!r}, "
+                                 f"this model has {mine[key]!r}")
         if saved is not self.model:
             self.model.params = {k: v.copy() for k, v in saved.params.items()}
             for attr in ("bn_params", "dropout_param"):

@@ -268,10 +268,6 @@ def test_checkpoint_of_another_dtype_is_refused(toy_run, tmp_path):
     assert all(v.dtype == np.float32 for v in model.params.values())
 
 
-@pytest.mark.xfail(strict=True, reason="Solver.restore does not compare dropout: the checkpoint's "
-                   "dropout_param silently replaces the model's (a model built with another keep "
-                   "ratio trains with the checkpoint's, or not at all with dropout; a no-dropout "
-                   "checkpoint in a dropout model fails later in train() on dropout_param['p'])")
 @pytest.mark.parametrize("keep", [1, 0.5])
 def test_checkpoint_of_another_dropout_is_refused(toy_run, tmp_path, keep):
     folder, _, _ = toy_run  # trained with dropout_keep_ratio 0.75
