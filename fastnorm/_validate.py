@@ -33,11 +33,12 @@ def as_real_array(name: str, value) -> np.ndarray:
             arr = np.asarray(value)
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} could not be read as an array: {exc}") from None
-    if arr.dtype.kind == "c":
+    kind = arr.dtype.kind
+    if kind in _NUMERIC_KINDS:
+        return arr
+    if kind == "c":
         raise TypeError(f"{name} is complex ({arr.dtype}); normalization needs real numbers")
-    if arr.dtype.kind not in _NUMERIC_KINDS:
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr
+    raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
 
 
 def compute_dtype(*arrays: np.ndarray) -> np.dtype:
@@ -103,8 +104,9 @@ def _x_gamma_beta(x, gamma, beta):
     N, D = x.shape
     if N == 0 or D == 0:
         raise ValueError(f"x must have at least one row and one feature, got shape {x.shape}")
+    d_shape = (D,)
     for name, arr in (("gamma", gamma), ("beta", beta)):
-        if arr.shape != (D,):
+        if arr.shape != d_shape:
             raise ValueError(f"{name} must have shape (D,) = ({D},) for x of shape {x.shape}, got {arr.shape}")
     return x, gamma, beta
 

@@ -94,14 +94,15 @@ def _checked_cache(cache, kind: type, forward_name: str):
             and x.flags.c_contiguous and x.size > 0):
         raise ValueError("cache.x is no longer the non-empty C-contiguous float array the forward stored")
     n_stats = x.shape[kind.stats_axis]
-    for name in ("mean", "inv_std"):
-        arr = getattr(cache, name)
+    stats_shape = (n_stats,)
+    for name, arr in (("mean", cache.mean), ("inv_std", cache.inv_std)):
         if not (isinstance(arr, np.ndarray) and (arr.dtype is _F64 or arr.dtype == np.float64)
-                and arr.shape == (n_stats,)
+                and arr.shape == stats_shape
                 and arr.flags.c_contiguous):
             raise ValueError(f"cache.{name} must be a float64 array of shape ({n_stats},)")
     gamma = cache.gamma
-    if not (isinstance(gamma, np.ndarray) and gamma.shape == (x.shape[1],) and gamma.dtype == x.dtype):
+    if not (isinstance(gamma, np.ndarray) and gamma.shape == (x.shape[1],)
+            and (gamma.dtype is x.dtype or gamma.dtype == x.dtype)):
         raise ValueError(f"cache.gamma must be a {x.dtype} array of shape ({x.shape[1]},)")
     if cache.ddof not in (0, 1) or cache.mode not in _validate.MODES:
         raise ValueError("cache.ddof or cache.mode was changed to an invalid value")
