@@ -135,6 +135,9 @@ def as_contiguous(arr: np.ndarray, dtype) -> np.ndarray:
 _contiguous = as_contiguous
 
 
+_RUNNING_KEYS = (("running_mean", "bn_param['running_mean']"), ("running_var", "bn_param['running_var']"))
+
+
 def batchnorm_call(x, gamma, beta, bn_param) -> NormCall:
     bn_param = _param_dict(bn_param, "bn_param")
     if "mode" not in bn_param:
@@ -149,10 +152,11 @@ def batchnorm_call(x, gamma, beta, bn_param) -> NormCall:
     N, D = x.shape
     dtype = compute_dtype(x, gamma, beta)
     running = []
-    for key in ("running_mean", "running_var"):
+    d_shape = (D,)
+    for key, name in _RUNNING_KEYS:
         if key in bn_param:
-            arr = as_real_array(f"bn_param['{key}']", bn_param[key])
-            if arr.shape != (D,):
+            arr = as_real_array(name, bn_param[key])
+            if arr.shape != d_shape:
                 raise ValueError(
                     f"bn_param['{key}'] must have shape (D,) = ({D},) for x of shape {x.shape}, got {arr.shape}"
                 )
