@@ -5,6 +5,8 @@
 # is bitwise the same for any number of threads (the split of pytorch#88718 is
 # what this avoids).
 
+from libc.math cimport isfinite
+
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -45,11 +47,17 @@ cdef inline void merge_moments(double* mean, double* m2, double n_a,
                                Py_ssize_t width) noexcept nogil:
     """Fold the moments of n_b more rows into (mean, m2) of n_a rows (Chan et al.).
 
-    Equal means merge exactly, so a constant column stays exact.
+    Equal means merge exactly, so a constant column stays exact. An infinite or
+    NaN mean follows the rule of a plain sum (inf + finite = inf, inf - inf =
+    NaN): Chan's update would give inf - inf = NaN for an infinite mean.
     """
     cdef Py_ssize_t j
     cdef double n = n_a + n_b, delta
     for j in range(width):
-        delta = mean_b[j] - mean[j]
-        mean[j] += delta * (n_b / n)
-        m2[j] += m2_b[j] + delta * delta * (n_a * n_b / n)
+        if isfinite(mean[j]) and isfinite(mean_b[j]):
+            delta = mean_b[j] - mean[j]
+            mean[j] += delta * (n_b / n)
+            m2[j] += m2_b[j] + delta * delta * (n_a * n_b / n)
+        else:
+            mean[j] += mean_b[j]
+            m2[j] += m2_b[j]

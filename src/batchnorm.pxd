@@ -12,7 +12,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport malloc, free
 
 from _parallel cimport ROW_BLOCK, COL_TILE, STRIP, n_blocks, threads_for, merge_moments
@@ -95,8 +95,10 @@ cdef inline void _tile_moments(const floating* x, Py_ssize_t D,
     _tile_pass(tile, D, n, w, mean, m2, 2)
     if floating is double:
         for j in range(w):
-            mean[j] += dev[j] / n
-            m2[j] -= dev[j] * dev[j] / n
+            # an infinite mean is already the answer; its deviations sum to NaN
+            if isfinite(mean[j]):
+                mean[j] += dev[j] / n
+                m2[j] -= dev[j] * dev[j] / n
     for j in range(w):
         if m2[j] < 0.0:   # round-off only; NaN stays NaN
             m2[j] = 0.0
@@ -331,12 +333,20 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     for j in range(D):
         c_xc[j] = <floating> k_xc[j]
 
-    for i in prange(N, num_threads=nt, schedule='static'):
-        dy_row = &dout[i, 0]
-        x_row = &x[i, 0]
-        dx_row = &dx[i, 0]
-        for j in range(D):
-            dx_row[j] = c_scale[j] * (dy_row[j] - c_shift[j] - (x_row[j] - shift[j]) * c_xc[j])
+    if train:
+        for i in prange(N, num_threads=nt, schedule='static'):
+            dy_row = &dout[i, 0]
+            x_row = &x[i, 0]
+            dx_row = &dx[i, 0]
+            for j in range(D):
+                dx_row[j] = c_scale[j] * (dy_row[j] - c_shift[j] - (x_row[j] - shift[j]) * c_xc[j])
+    else:
+        # the statistics are constants: dx never reads x, so a NaN or Inf there stays out
+        for i in prange(N, num_threads=nt, schedule='static'):
+            dy_row = &dout[i, 0]
+            dx_row = &dx[i, 0]
+            for j in range(D):
+                dx_row[j] = c_scale[j] * dy_row[j]
     free(part)
     free(consts)
     return 0

@@ -363,3 +363,30 @@ def test_results_are_bitwise_identical_for_1_and_2_threads(shape, dtype):
             results.append(run)
     for a, b_ in zip(*results):
         assert a.tobytes() == b_.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_infinite_feature_keeps_an_infinite_mean_across_row_blocks(dtype):
+    """+Inf in two row blocks (64 rows each): the merge must not turn inf - inf into NaN."""
+    x = np.random.default_rng(4).standard_normal((200, 3)).astype(dtype)
+    x[5, 0] = x[150, 0] = np.inf
+    x[7, 2] = -np.inf
+    params = {"mode": "train", "momentum": 0.0}
+    ref_params = dict(params)
+    fn.batchnorm_forward(x, np.ones(3, dtype), np.zeros(3, dtype), params)
+    with np.errstate(invalid="ignore"):
+        ref.batchnorm_forward(x, np.ones(3, dtype), np.zeros(3, dtype), ref_params)
+    assert params["running_mean"][0] == ref_params["running_mean"][0] == np.inf
+    assert params["running_mean"][2] == ref_params["running_mean"][2] == -np.inf
+    np.testing.assert_allclose(params["running_mean"][1], ref_params["running_mean"][1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_test_mode_dx_does_not_read_x(dtype):
+    x = np.ones((70, 600), dtype)
+    x[3, 4], x[60, 599] = np.nan, np.inf
+    params = {"mode": "test", "running_mean": np.zeros(600, dtype), "running_var": np.ones(600, dtype)}
+    gamma = np.full(600, 2.0, dtype)
+    _, cache = fn.batchnorm_forward(x, gamma, np.zeros(600, dtype), params)
+    dx, _, _ = fn.batchnorm_backward(np.ones_like(x), cache)
+    np.testing.assert_array_equal(dx, (gamma / np.sqrt(np.float64(1) + 1e-5)).astype(dtype)[None, :].repeat(70, 0))

@@ -780,8 +780,6 @@ def test_cache_with_emptied_x_is_refused(kind):
         BACKWARDS[kind][0][0](dout, cache)
 
 
-@pytest.mark.xfail(strict=True, reason="kernel bug (src/batchnorm.pxd _tile_moments): the "
-                   "corrected two-pass adds sum(x - mean) = NaN to an infinite mean")
 def test_running_mean_of_infinite_column():
     """The batch mean of a feature holding +Inf (and finite values) is +Inf, as in
     NumPy and the reference; the compiled running_mean comes out NaN."""
@@ -791,8 +789,6 @@ def test_running_mean_of_infinite_column():
     assert params["running_mean"][0] == np.inf
 
 
-@pytest.mark.xfail(strict=True, reason="kernel bug (src/batchnorm.pxd bn_backward): test mode "
-                   "computes (x - mean) * 0, which is NaN where x is NaN or Inf")
 def test_test_mode_dx_ignores_nonfinite_x():
     """In test mode the statistics are constants: dx = dout * gamma * inv_std, so a
     NaN or Inf in x must not reach dx (the reference and PyTorch's eval backward agree)."""
