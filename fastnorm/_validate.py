@@ -68,16 +68,21 @@ def compute_dtype(*arrays: np.ndarray) -> np.dtype:
     return dtype
 
 
-def _real_scalar(params: dict, pname: str, key: str, default, low, high, low_open=False):
-    value = params.get(key, default)
+def real_in_range(name: str, value, low, high=math.inf, low_open=False) -> float:
+    """`value` as a float, checked to be a finite real (not a bool) in [low, high]
+    (or (low, high] with low_open)."""
     if type(value) is not float and (isinstance(value, (bool, np.bool_))
                                      or not isinstance(value, numbers.Real)):
-        raise TypeError(f"{pname}['{key}'] must be a real number, got {value!r}")
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{pname}['{key}'] must be finite and in {bounds}, got {value!r}")
+        raise ValueError(f"{name} must be finite and in {bounds}, got {value!r}")
     return value
+
+
+def _real_scalar(params: dict, pname: str, key: str, default, low, high, low_open=False):
+    return real_in_range(f"{pname}['{key}']", params.get(key, default), low, high, low_open)
 
 
 def _ddof(params: dict, pname: str) -> int:

@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 
 from . import layers, normalization, reference
-from ._validate import as_real_array
+from ._validate import as_real_array, real_in_range
 
 NORMALIZATIONS = (None, "batchnorm", "layernorm")
 KERNELS = ("fast", "reference")
@@ -30,15 +30,6 @@ def _positive_int(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _finite_number(name, value, low, high=np.inf, low_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or value < low or value > high or (low_open and value == low):
-        raise ValueError(f"{name} must be finite and in {'(' if low_open else '['}{low}, {high}], got {value!r}")
-    return value
 
 
 class FullyConnectedNet:
@@ -73,13 +64,13 @@ class FullyConnectedNet:
         hidden = [_positive_int(f"hidden_dims[{i}]", h) for i, h in enumerate(self._as_list(hidden_dims))]
         self.input_dim = _positive_int("input_dim", input_dim)
         self.num_classes = _positive_int("num_classes", num_classes)
-        keep = _finite_number("dropout_keep_ratio", dropout_keep_ratio, 0.0, 1.0, low_open=True)
+        keep = real_in_range("dropout_keep_ratio", dropout_keep_ratio, 0.0, 1.0, low_open=True)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-        self.reg = _finite_number("reg", reg, 0.0)
-        weight_scale = _finite_number("weight_scale", weight_scale, 0.0)
+        self.reg = real_in_range("reg", reg, 0.0)
+        weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
