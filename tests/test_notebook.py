@@ -84,13 +84,18 @@ def test_test_time_cell_default_is_close_to_zero_mean_unit_std(api):
     assert np.all(np.abs(a_norm.mean(axis=0)) < 0.15)
 
 
-def gradient_check(forward, backward, params, ddof_key=None):
+def notebook_inputs(N, D):
+    """x, gamma, beta, dout as the notebook's backward cells draw them."""
     np.random.seed(231)
-    N, D = 4, 5
     x = 5 * np.random.randn(N, D) + 12
     gamma = np.random.randn(D)
     beta = np.random.randn(D)
     dout = np.random.randn(N, D)
+    return x, gamma, beta, dout
+
+
+def gradient_check(forward, backward, params):
+    x, gamma, beta, dout = notebook_inputs(4, 5)
     fx = lambda x: forward(x, gamma, beta, params)[0]  # noqa: E731
     fg = lambda a: forward(x, a, beta, params)[0]  # noqa: E731
     fb = lambda b: forward(x, gamma, b, params)[0]  # noqa: E731
@@ -129,12 +134,7 @@ def test_layernorm_gradient_check_cell(api, ddof):
 
 @pytest.mark.parametrize("ddof", [0, 1])
 def test_backward_vs_alt_cell(ddof):
-    np.random.seed(231)
-    N, D = 100, 500
-    x = 5 * np.random.randn(N, D) + 12
-    gamma = np.random.randn(D)
-    beta = np.random.randn(D)
-    dout = np.random.randn(N, D)
+    x, gamma, beta, dout = notebook_inputs(100, 500)
     bn_param = {"mode": "train", "ddof": ddof}
 
     _, ref_cache = ref.batchnorm_forward(x, gamma, beta, dict(bn_param))
