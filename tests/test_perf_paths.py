@@ -78,11 +78,13 @@ def test_dispatch_follows_the_cpu():
 
 
 @pytest.mark.parametrize("wanted", ["baseline", "bogus"])
-def test_forced_choice_in_a_fresh_process(wanted):
+def test_forced_choice_in_a_fresh_process(wanted, tmp_path):
     code = "import fastnorm._build as b; print(b.load_kernels().ISA)"
-    env = dict(os.environ, FASTNORM_KERNELS=wanted)
+    # the fastnorm these tests import (installed or built in place), not the working directory's
+    package_parent = str(Path(_build.__file__).resolve().parents[1])
+    env = dict(os.environ, FASTNORM_KERNELS=wanted, PYTHONPATH=package_parent)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, cwd=tmp_path)
     if wanted == "baseline":
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "baseline"
