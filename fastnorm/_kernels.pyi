@@ -1,4 +1,5 @@
-# Stub of the compiled module fastnorm._kernels (src/_kernels.pyx).
+# Stub of the compiled module fastnorm._kernels (src/_kernels.pyx); its AVX2+FMA
+# build fastnorm._kernels_avx2 re-exports this interface (_kernels_avx2.pyi).
 # Every array is C-contiguous; `floating` arrays of one call share one dtype,
 # float32 or float64. Callers (fastnorm.normalization) validate and allocate.
 import numpy as np
@@ -6,7 +7,10 @@ from numpy.typing import NDArray
 
 _F = NDArray[np.float32] | NDArray[np.float64]
 
-SOURCE_HASH: str
+SOURCE_HASH: str  # hash of src/ when built: a stale in-place build is refused
+ISA: str          # "baseline" or "avx2": which build this is
+
+def cpu_has_avx2_fma() -> bool: ...
 
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...
