@@ -25,10 +25,8 @@ def batchnorm_forward(
     eps: float,                  # double
     ddof: int,                   # int, 0 or 1
     out: _F,                     # floating[:, ::1] (N, D) OUT
-    mean: NDArray[np.float64],   # double[::1] (D,) OUT
-    inv_std: NDArray[np.float64],  # double[::1] (D,) OUT
-    running_mean_out: _F,        # floating[::1] (D,) OUT
-    running_var_out: _F,         # floating[::1] (D,) OUT
+    stats: NDArray[np.float64],  # double[:, ::1] (2, D) OUT: mean, inv_std
+    running_out: _F,             # floating[:, ::1] (2, D) OUT: running mean, running var
     n_threads: int,              # int
 ) -> None: ...
 def batchnorm_backward(
@@ -51,8 +49,7 @@ def layernorm_forward(
     eps: float,                  # double
     ddof: int,                   # int
     out: _F,                     # floating[:, ::1] (N, D) OUT
-    mean: NDArray[np.float64],   # double[::1] (N,) OUT
-    inv_std: NDArray[np.float64],  # double[::1] (N,) OUT
+    stats: NDArray[np.float64],  # double[:, ::1] (2, N) OUT: mean, inv_std
     n_threads: int,              # int
 ) -> None: ...
 def layernorm_backward(

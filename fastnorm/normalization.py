@@ -35,6 +35,11 @@ _BN_FORWARD = _by_dtype(_kernels.batchnorm_forward)
 _BN_BACKWARD = _by_dtype(_kernels.batchnorm_backward)
 _LN_FORWARD = _by_dtype(_kernels.layernorm_forward)
 _LN_BACKWARD = _by_dtype(_kernels.layernorm_backward)
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_BN_FORWARD_F64 = _BN_FORWARD[_F64]  # float64 found by identity, before the dict lookup
+_LN_FORWARD_F64 = _LN_FORWARD[_F64]
+_batchnorm_args = _validate.batchnorm_args  # module globals: one lookup less per call
+_layernorm_args = _validate.layernorm_args
 
 __all__ = [
     "BatchNormCache",
@@ -77,9 +82,6 @@ class BatchNormCache(_NormCache):
 class LayerNormCache(_NormCache):
     __slots__ = ()
     stats_axis = 0  # statistics have length N
-
-
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _is_kernel_dtype(dtype) -> bool:
@@ -129,12 +131,9 @@ def _backward_arrays(dout, cache, out):
     return dout, x, gamma, (dx, dgamma, dbeta)
 
 
-def _forward_out(call, out):
-    if out is None:
-        return np.empty_like(call.x)
-    read = [a for a in (call.x, call.gamma, call.beta, call.running_mean, call.running_var)
-            if a is not None]  # the kernel reads them while writing out; the cache keeps x, gamma
-    return _validate.check_out("out", out, call.x.shape, call.x.dtype, *read)
+def _checked_forward_out(out, x, *read):
+    # the kernel reads x, gamma, beta (and the running statistics) while writing out
+    return _validate.check_out("out", out, x.shape, x.dtype, x, *read)
 
 
 def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
@@ -155,21 +154,22 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     out : (N, D) normalized, scaled and shifted x
     cache : BatchNormCache for batchnorm_backward
     """
-    call = _validate.batchnorm_call(x, gamma, beta, bn_param)
-    result = _forward_out(call, out)
-    D = call.x.shape[1]
-    mean = np.empty(D)
-    inv_std = np.empty(D)
-    running_mean = np.empty(D, call.x.dtype)
-    running_var = np.empty(D, call.x.dtype)
-    _BN_FORWARD[call.x.dtype](
-        call.x, call.gamma, call.beta, call.running_mean, call.running_var, call.train,
-        call.momentum, call.eps, call.ddof, result, mean, inv_std, running_mean, running_var,
-        get_num_threads(),
-    )
-    _validate.write_running_stats(bn_param, running_mean, running_var)
-    mode = "train" if call.train else "test"
-    return result, BatchNormCache(call.x, mean, inv_std, call.gamma, call.eps, call.ddof, mode)
+    x, gamma, beta, eps, ddof, train, momentum, running_mean, running_var = _batchnorm_args(
+        x, gamma, beta, bn_param)
+    dtype = x.dtype
+    D = x.shape[1]
+    if out is None:
+        out = np.empty(x.shape, dtype)
+    else:
+        out = _checked_forward_out(out, x, gamma, beta, running_mean, running_var)
+    stats = np.empty((2, D))  # mean, inv_std: one buffer for both (see the kernel wrapper)
+    running = np.empty((2, D), dtype)  # running mean, running var
+    kernel = _BN_FORWARD_F64 if dtype is _F64 else _BN_FORWARD[dtype]
+    kernel(x, gamma, beta, running_mean, running_var, train, momentum, eps, ddof, out, stats,
+           running, get_num_threads())
+    bn_param["running_mean"] = running[0]
+    bn_param["running_var"] = running[1]
+    return out, BatchNormCache(x, stats[0], stats[1], gamma, eps, ddof, "train" if train else "test")
 
 
 def batchnorm_backward(dout, cache, *, out=None):
@@ -199,15 +199,16 @@ def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
     and shifted by beta (both (D,)). ln_param: optional 'eps' (1e-5) and 'ddof'
     (0 or 1); 'mode' is ignored, there are no running statistics.
     """
-    call = _validate.layernorm_call(x, gamma, beta, ln_param)
-    result = _forward_out(call, out)
-    N = call.x.shape[0]
-    mean = np.empty(N)
-    inv_std = np.empty(N)
-    _LN_FORWARD[call.x.dtype](
-        call.x, call.gamma, call.beta, call.eps, call.ddof, result, mean, inv_std, get_num_threads()
-    )
-    return result, LayerNormCache(call.x, mean, inv_std, call.gamma, call.eps, call.ddof, "train")
+    x, gamma, beta, eps, ddof = _layernorm_args(x, gamma, beta, ln_param)
+    dtype = x.dtype
+    if out is None:
+        out = np.empty(x.shape, dtype)
+    else:
+        out = _checked_forward_out(out, x, gamma, beta)
+    stats = np.empty((2, x.shape[0]))  # mean, inv_std of each row
+    kernel = _LN_FORWARD_F64 if dtype is _F64 else _LN_FORWARD[dtype]
+    kernel(x, gamma, beta, eps, ddof, out, stats, get_num_threads())
+    return out, LayerNormCache(x, stats[0], stats[1], gamma, eps, ddof, "train")
 
 
 def layernorm_backward(dout, cache, *, out=None):

@@ -56,14 +56,16 @@ cdef inline _check(int status):
 def batchnorm_forward(const floating[:, ::1] x, const floating[::1] gamma,
                       const floating[::1] beta, const floating[::1] running_mean,
                       const floating[::1] running_var, bint train, double momentum,
-                      double eps, int ddof, floating[:, ::1] out, double[::1] mean,
-                      double[::1] inv_std, floating[::1] running_mean_out,
-                      floating[::1] running_var_out, int n_threads):
+                      double eps, int ddof, floating[:, ::1] out, double[:, ::1] stats,
+                      floating[:, ::1] running_out, int n_threads):
+    # stats (2, D) receives mean and inv_std, running_out (2, D) the running mean and
+    # variance: one buffer for each pair, since every array argument costs a buffer
+    # acquisition, and that dominates a call on a small x
     cdef int status
     with nogil:
         status = bn_forward(x, gamma, beta, running_mean, running_var, train, momentum,
-                            eps, ddof, out, mean, inv_std, running_mean_out,
-                            running_var_out, n_threads)
+                            eps, ddof, out, stats[0], stats[1], running_out[0],
+                            running_out[1], n_threads)
     _check(status)
 
 
@@ -81,11 +83,11 @@ def batchnorm_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
 
 def layernorm_forward(const floating[:, ::1] x, const floating[::1] gamma,
                       const floating[::1] beta, double eps, int ddof,
-                      floating[:, ::1] out, double[::1] mean, double[::1] inv_std,
-                      int n_threads):
+                      floating[:, ::1] out, double[:, ::1] stats, int n_threads):
+    # stats (2, N) receives mean and inv_std (see batchnorm_forward)
     cdef int status
     with nogil:
-        status = ln_forward(x, gamma, beta, eps, ddof, out, mean, inv_std, n_threads)
+        status = ln_forward(x, gamma, beta, eps, ddof, out, stats[0], stats[1], n_threads)
     _check(status)
 
 

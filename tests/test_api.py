@@ -390,3 +390,106 @@ def test_test_mode_dx_does_not_read_x(dtype):
     _, cache = fn.batchnorm_forward(x, gamma, np.zeros(600, dtype), params)
     dx, _, _ = fn.batchnorm_backward(np.ones_like(x), cache)
     np.testing.assert_array_equal(dx, (gamma / np.sqrt(np.float64(1) + 1e-5)).astype(dtype)[None, :].repeat(70, 0))
+
+
+# ---------------------------------------------------------------- the usual call's fast acceptance
+def _same_fields(fast, full):
+    """batchnorm_args/layernorm_args against the full checks: same values, arrays by identity
+    when no conversion was needed, else equal values of the same dtype."""
+    assert len(fast) == len(full)
+    for a, b in zip(fast, full):
+        if isinstance(b, np.ndarray):
+            assert type(a) is np.ndarray and a.dtype == b.dtype and a.flags.c_contiguous
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert type(a) is type(b) and a == b
+
+
+USUAL_AND_UNUSUAL = [
+    pytest.param({"mode": "train"}, lambda x, g, b: (x, g, b), id="usual"),
+    pytest.param({"mode": "test", "eps": 0.0, "momentum": 1.0, "ddof": 1}, lambda x, g, b: (x, g, b),
+                 id="usual-bounds"),
+    pytest.param({"mode": "train", "eps": np.float64(1e-3), "momentum": 1, "ddof": np.int64(1)},
+                 lambda x, g, b: (x, g, b), id="numpy-scalars"),
+    pytest.param({"mode": "train"}, lambda x, g, b: (np.asfortranarray(x), g[::-1].copy()[::-1], b),
+                 id="fortran-x"),
+    pytest.param({"mode": "train"}, lambda x, g, b: (x, np.repeat(g, 2)[::2], b), id="strided-gamma"),
+    pytest.param({"mode": "train"}, lambda x, g, b: (x, g.astype(">f8"), b), id="byteswapped-gamma"),
+    pytest.param({"mode": "train"}, lambda x, g, b: (x.view(np.matrix), g, b), id="subclass-x"),
+    pytest.param({"mode": "train"}, lambda x, g, b: (x.astype(np.float32), g, b), id="mixed-dtypes"),
+    pytest.param({"mode": "train", "running_mean": np.ones(3, np.float32), "running_var": [1, 2, 3]},
+                 lambda x, g, b: (x, g, b), id="running-converted"),
+]
+
+
+@pytest.mark.parametrize("params, variant", USUAL_AND_UNUSUAL)
+def test_fast_args_give_the_fields_of_the_full_checks(params, variant):
+    from fastnorm import _validate
+
+    args = variant(*inputs(N=4, D=3))
+    _same_fields(_validate.batchnorm_args(*args, dict(params)), _validate.batchnorm_call(*args, dict(params)))
+    ln_params = {k: v for k, v in params.items() if k in ("eps", "ddof")}
+    _same_fields(_validate.layernorm_args(*args, dict(ln_params)),
+                 _validate.layernorm_call(*args, dict(ln_params))[:5])
+
+
+def test_usual_call_keeps_the_given_arrays():
+    from fastnorm import _validate
+
+    x, g, b = inputs()
+    rm, rv = np.zeros(3), np.ones(3)
+    fields = _validate.batchnorm_args(x, g, b, {"mode": "train", "running_mean": rm, "running_var": rv})
+    assert [type(f) for f in fields[3:7]] == [float, int, bool, float]
+    assert fields[3:7] == (1e-5, 0, True, 0.9)
+    assert all(a is e for a, e in zip(fields[:3] + fields[7:], (x, g, b, rm, rv)))
+
+
+@pytest.mark.parametrize("params, exc, match", [
+    ({"mode": "train", "running_mean": None}, TypeError, r"bn_param\['running_mean'\] must hold real numbers"),
+    ({"mode": "train", "eps": float("inf")}, ValueError, r"bn_param\['eps'\] must be finite"),
+    ({"mode": "train", "momentum": -0.0 - 1e-300}, ValueError, r"bn_param\['momentum'\]"),
+    ({"mode": "train", "ddof": False}, ValueError, r"bn_param\['ddof'\] must be 0 or 1"),
+    ({"mode": "train", "ddof": "1"}, ValueError, r"bn_param\['ddof'\] must be 0 or 1"),
+    ({"mode": b"train"}, ValueError, r"bn_param\['mode'\] must be 'train' or 'test'"),
+    ({"mode": np.array(["train"])}, ValueError, r"bn_param\['mode'\] must be 'train' or 'test'"),
+])
+def test_near_usual_bad_params_still_raise(params, exc, match):
+    assert_rejected(fn.batchnorm_forward, inputs(), params, exc, match)
+
+
+def test_ln_ddof_of_the_wrong_type_still_raises():
+    x, g, b = inputs(D=1)
+    assert_rejected(fn.layernorm_forward, (x, g, b), {"ddof": 1}, ValueError, r"ddof=1 needs more than 1 feature")
+    assert_rejected(fn.layernorm_forward, inputs(), {"ddof": "1"}, ValueError, r"ln_param\['ddof'\] must be 0 or 1")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_outputs_are_separate_plain_arrays(dtype):
+    """mean and inv_std (and the running statistics) share one buffer in the kernel call:
+    each is still a (D,) C-contiguous array that no other output overlaps, and the
+    written-back statistics take the fast path on the next call with the same results."""
+    x, g, b = inputs(N=6, D=5, dtype=dtype)
+    params = {"mode": "train"}
+    _, cache = fn.batchnorm_forward(x, g, b, params)
+    _, ln_cache = fn.layernorm_forward(x, g, b, {})
+    named = {"mean": cache.mean, "inv_std": cache.inv_std, "ln mean": ln_cache.mean,
+             "ln inv_std": ln_cache.inv_std, "running_mean": params["running_mean"],
+             "running_var": params["running_var"]}
+    for name, arr in named.items():
+        assert type(arr) is np.ndarray and arr.ndim == 1 and arr.flags.c_contiguous, name
+        assert arr.dtype == (dtype if name.startswith("running") else np.float64), name
+        for other_name, other in named.items():
+            assert other_name == name or not np.shares_memory(arr, other), (name, other_name)
+    # the running statistics written back: a second call sees them as plain arrays
+    copied = _DictSubclass({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in params.items()})
+    out_fast, cache_fast = fn.batchnorm_forward(x, g, b, params)
+    out_full, cache_full = fn.batchnorm_forward(x, g, b, copied)  # not a dict: the full checks
+    np.testing.assert_array_equal(out_fast, out_full)
+    for name in ("mean", "inv_std"):
+        np.testing.assert_array_equal(getattr(cache_fast, name), getattr(cache_full, name))
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(params[key], copied[key])
+
+
+class _DictSubclass(dict):
+    pass

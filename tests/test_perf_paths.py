@@ -37,14 +37,15 @@ def _run_all(kernels, x, gamma, beta, dout, n_threads):
     N, D = x.shape
     dt = x.dtype
     zeros = np.zeros(D, dt)
-    out, mean, inv_std = np.empty_like(x), np.empty(D), np.empty(D)
-    rmean, rvar = np.empty(D, dt), np.empty(D, dt)
-    kernels.batchnorm_forward(x, gamma, beta, zeros, zeros, N > 1, 0.9, 1e-5, 0, out, mean, inv_std,
-                              rmean, rvar, n_threads)
+    out, stats, running = np.empty_like(x), np.empty((2, D)), np.empty((2, D), dt)
+    kernels.batchnorm_forward(x, gamma, beta, zeros, zeros, N > 1, 0.9, 1e-5, 0, out, stats, running,
+                              n_threads)
+    (mean, inv_std), (rmean, rvar) = stats, running
     dx, dgamma, dbeta = np.empty_like(x), np.empty(D, dt), np.empty(D, dt)
     kernels.batchnorm_backward(dout, x, mean, inv_std, gamma, N > 1, 0, dx, dgamma, dbeta, n_threads)
-    lout, lmean, linv = np.empty_like(x), np.empty(N), np.empty(N)
-    kernels.layernorm_forward(x, gamma, beta, 1e-5, 0, lout, lmean, linv, n_threads)
+    lout, lstats = np.empty_like(x), np.empty((2, N))
+    kernels.layernorm_forward(x, gamma, beta, 1e-5, 0, lout, lstats, n_threads)
+    lmean, linv = lstats
     ldx, ldgamma, ldbeta = np.empty_like(x), np.empty(D, dt), np.empty(D, dt)
     kernels.layernorm_backward(dout, x, lmean, linv, gamma, 0, ldx, ldgamma, ldbeta, n_threads)
     return [out, mean, inv_std, rmean, rvar, dx, dgamma, dbeta, lout, lmean, linv, ldx, ldgamma, ldbeta]
