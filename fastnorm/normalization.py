@@ -38,6 +38,8 @@ _LN_BACKWARD = _by_dtype(_kernels.layernorm_backward)
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _BN_FORWARD_F64 = _BN_FORWARD[_F64]  # float64 found by identity, before the dict lookup
 _LN_FORWARD_F64 = _LN_FORWARD[_F64]
+_BN_BACKWARD_F64 = _BN_BACKWARD[_F64]
+_LN_BACKWARD_F64 = _LN_BACKWARD[_F64]
 _batchnorm_args = _validate.batchnorm_args  # module globals: one lookup less per call
 _layernorm_args = _validate.layernorm_args
 
@@ -111,6 +113,36 @@ def _checked_cache(cache, kind: type, forward_name: str):
     return cache
 
 
+def _usual_backward_arrays(dout, cache, kind: type):
+    """_backward_arrays(dout, _checked_cache(cache, ...), None) for the usual call,
+    after a few identity tests: an untouched cache of `kind` (exact ndarrays, float64
+    statistics, gamma of x's dtype, all C-contiguous) and dout a C-contiguous ndarray
+    of x's shape and dtype. None otherwise, and the full checks run."""
+    if type(cache) is not kind or type(dout) is not np.ndarray:
+        return None
+    x, mean, inv_std, gamma = cache.x, cache.mean, cache.inv_std, cache.gamma
+    if not (type(x) is np.ndarray and type(mean) is np.ndarray and type(inv_std) is np.ndarray
+            and type(gamma) is np.ndarray):
+        return None
+    dtype = x.dtype
+    shape = x.shape
+    if not ((dtype is _F64 or dtype is _F32) and len(shape) == 2 and x.flags.c_contiguous
+            and dout.dtype is dtype and dout.shape == shape and dout.flags.c_contiguous):
+        return None
+    N, D = shape
+    stats_shape = (shape[kind.stats_axis],)
+    d_shape = (D,)
+    ddof, mode = cache.ddof, cache.mode
+    if not (N > 0 and D > 0 and mean.dtype is _F64 and inv_std.dtype is _F64
+            and mean.shape == stats_shape and inv_std.shape == stats_shape
+            and mean.flags.c_contiguous and inv_std.flags.c_contiguous
+            and gamma.dtype is dtype and gamma.shape == d_shape and gamma.flags.c_contiguous
+            and type(ddof) is int and (ddof == 0 or ddof == 1)
+            and type(mode) is str and (mode == "train" or mode == "test")):
+        return None
+    return dout, x, gamma, (np.empty(shape, dtype), np.empty(D, dtype), np.empty(D, dtype))
+
+
 def _backward_arrays(dout, cache, out):
     """dout, x and gamma in the backward's dtype, and the three outputs."""
     x = cache.x
@@ -178,12 +210,14 @@ def batchnorm_backward(dout, cache, *, out=None):
     Returns dx (N, D), dgamma (D,), dbeta (D,). ``out=(dx, dgamma, dbeta)``
     writes into caller buffers.
     """
-    cache = _checked_cache(cache, BatchNormCache, "batchnorm_forward")
-    dout, x, gamma, (dx, dgamma, dbeta) = _backward_arrays(dout, cache, out)
-    _BN_BACKWARD[x.dtype](
-        dout, x, cache.mean, cache.inv_std, gamma, cache.mode == "train", cache.ddof,
-        dx, dgamma, dbeta, get_num_threads(),
-    )
+    arrays = _usual_backward_arrays(dout, cache, BatchNormCache) if out is None else None
+    if arrays is None:
+        cache = _checked_cache(cache, BatchNormCache, "batchnorm_forward")
+        arrays = _backward_arrays(dout, cache, out)
+    dout, x, gamma, (dx, dgamma, dbeta) = arrays
+    kernel = _BN_BACKWARD_F64 if x.dtype is _F64 else _BN_BACKWARD[x.dtype]
+    kernel(dout, x, cache.mean, cache.inv_std, gamma, cache.mode == "train", cache.ddof,
+           dx, dgamma, dbeta, get_num_threads())
     return dx, dgamma, dbeta
 
 
@@ -213,9 +247,11 @@ def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
 
 def layernorm_backward(dout, cache, *, out=None):
     """Layer normalization backward (compiled): dx (N, D), dgamma (D,), dbeta (D,)."""
-    cache = _checked_cache(cache, LayerNormCache, "layernorm_forward")
-    dout, x, gamma, (dx, dgamma, dbeta) = _backward_arrays(dout, cache, out)
-    _LN_BACKWARD[x.dtype](
-        dout, x, cache.mean, cache.inv_std, gamma, cache.ddof, dx, dgamma, dbeta, get_num_threads()
-    )
+    arrays = _usual_backward_arrays(dout, cache, LayerNormCache) if out is None else None
+    if arrays is None:
+        cache = _checked_cache(cache, LayerNormCache, "layernorm_forward")
+        arrays = _backward_arrays(dout, cache, out)
+    dout, x, gamma, (dx, dgamma, dbeta) = arrays
+    kernel = _LN_BACKWARD_F64 if x.dtype is _F64 else _LN_BACKWARD[x.dtype]
+    kernel(dout, x, cache.mean, cache.inv_std, gamma, cache.ddof, dx, dgamma, dbeta, get_num_threads())
     return dx, dgamma, dbeta

@@ -493,3 +493,46 @@ def test_forward_outputs_are_separate_plain_arrays(dtype):
 
 class _DictSubclass(dict):
     pass
+
+
+BACKWARD_SETUPS = [
+    pytest.param(fn.batchnorm_forward, fn.batchnorm_backward, {"mode": "train"}, id="bn-train"),
+    pytest.param(fn.batchnorm_forward, fn.batchnorm_backward, {"mode": "train", "ddof": 1}, id="bn-ddof1"),
+    pytest.param(fn.batchnorm_forward, fn.batchnorm_backward,
+                 {"mode": "test", "running_mean": np.ones(33), "running_var": np.full(33, 2.0)}, id="bn-test"),
+    pytest.param(fn.layernorm_forward, fn.layernorm_backward, {}, id="ln"),
+    pytest.param(fn.layernorm_forward, fn.layernorm_backward, {"ddof": 1}, id="ln-ddof1"),
+]
+
+
+@pytest.mark.parametrize("forward, backward, params", BACKWARD_SETUPS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_usual_backward_matches_the_fully_checked_one(forward, backward, params, dtype):
+    """The untouched cache takes the fast acceptance; a numpy-integer ddof or a Fortran
+    dout goes through the full checks (and a conversion): bitwise the same gradients."""
+    x, g, b = inputs(N=70, D=33, dtype=dtype)
+    dout = np.random.default_rng(8).standard_normal(x.shape).astype(dtype)
+    params = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+    _, cache = forward(x, g, b, params)
+    usual = backward(dout, cache)
+    from_fortran = backward(np.asfortranarray(dout), cache)
+    cache.ddof = np.int64(cache.ddof)
+    full = backward(dout, cache)
+    for u, f1, f2 in zip(usual, from_fortran, full):
+        assert u.dtype == dtype and u.flags.c_contiguous
+        assert u.tobytes() == f1.tobytes() == f2.tobytes()
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("mode", "eval", "cache.ddof or cache.mode was changed"),
+    ("ddof", 2.0, "cache.ddof or cache.mode was changed"),
+    ("gamma", np.ones(3, np.float32), r"cache.gamma must be a float64 array of shape \(3,\)"),
+    ("mean", np.zeros(3).tolist(), r"cache.mean must be a float64 array"),
+    ("inv_std", np.zeros(6)[::2], r"cache.inv_std must be a float64 array"),
+])
+def test_near_usual_caches_are_still_refused(field, value, match):
+    x, g, b = inputs()
+    _, cache = fn.batchnorm_forward(x, g, b, {"mode": "train"})
+    setattr(cache, field, value)
+    with pytest.raises(ValueError, match=match):
+        fn.batchnorm_backward(np.ones_like(x), cache)
