@@ -190,3 +190,11 @@ def test_fast_python_path_keeps_the_checks():
     # mixed dtypes still compute in NumPy's result type
     out, _ = fn.layernorm_forward(x.astype(np.float32), np.ones(3), np.zeros(3), {})
     assert out.dtype == np.float64
+    # a present but None running statistic is not an absent one
+    with pytest.raises(TypeError, match="running_var"):
+        fn.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train", "running_var": None})
+    # the backward's quick acceptance of an untouched cache still checks an altered one
+    _, cache = fn.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    cache.mean = cache.mean[:2]
+    with pytest.raises(ValueError, match="cache.mean"):
+        fn.batchnorm_backward(np.ones_like(x), cache)
