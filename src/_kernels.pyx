@@ -60,7 +60,7 @@ def batchnorm_forward(const floating[:, ::1] x, const floating[::1] gamma,
                       floating[:, ::1] running_out, int n_threads):
     # stats (2, D) receives mean and inv_std, running_out (2, D) the running mean and
     # variance: one buffer for each pair, since every array argument costs a buffer
-    # acquisition, and that dominates a call on a small x
+    # acquisition (~0.3 us), a large share of a call on a small x
     cdef int status
     with nogil:
         status = bn_forward(x, gamma, beta, running_mean, running_var, train, momentum,
