@@ -115,91 +115,117 @@ cdef inline int ln_forward(const floating[:, ::1] x,       # IN  (N, D)
     return 0
 
 
-cdef inline double _row_g_sum(const floating* dy, const floating* gamma, Py_ssize_t D) noexcept nogil:
-    """sum(g) for g = dout * gamma on one row: products in x's dtype, sums in double."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t j, k, body = D - D % LANES
+# Backward. Per row, first the two reductions of g = dout*gamma (sum g and
+# sum g*(x - mean)), then the terms; dgamma, dbeta are column sums over rows.
+# float32: each element of dout and x is converted to double once, in the visit
+# that makes the row sums, and that same visit adds the row into the column
+# partials (x_hat needs only the forward's mean and inv_std): g is exact in
+# double and every sum is in double, with one conversion per input element.
+
+cdef extern from *:
+    # The column partials never overlap the inputs or each other. Said to the
+    # compiler, the fused loop keeps its lane sums in registers instead of
+    # checking for overlap at run time around a stack copy of them.
+    ctypedef double* partial_ptr "double *__restrict__"
+
+
+cdef enum:
+    WIDE_ROW = 8192    # wider rows go in COL_TILE segments, every row of a group per segment
+
+
+cdef inline void _row_segment_sums(const floating* dy, const floating* x, const double* gamma_d,
+                                   Py_ssize_t c0, Py_ssize_t c1, double mu, double s,
+                                   double* lanes,              # INOUT (2*LANES,) sums so far
+                                   partial_ptr dgamma_part,    # INOUT (D,) sums of dout*x_hat
+                                   partial_ptr dbeta_part) noexcept nogil:   # INOUT (D,) of dout
+    """Columns c0..c1 of one row (c0 a multiple of LANES): the row's lane sums of g
+    and g*(x - mean) (lanes: LANES of each), and the column partials. Visits of
+    a row's segments in column order add exactly as one visit of the whole row."""
+    cdef double sum_g[LANES]
+    cdef double sum_g_xc[LANES]
+    cdef Py_ssize_t j, k, body = c1 - (c1 - c0) % LANES
+    cdef double dy_j, xc_j, g_j
     for k in range(LANES):
-        acc[k] = 0.0
-    for j in range(0, body, 16):   # 16 == LANES (range needs a literal step)
+        sum_g[k] = lanes[k]
+        sum_g_xc[k] = lanes[LANES + k]
+    for j in range(c0, body, 16):   # 16 == LANES (range needs a literal step)
         for k in range(LANES):
-            acc[k] += dy[j + k] * gamma[j + k]
-    for j in range(body, D):
-        acc[j - body] += dy[j] * gamma[j]
-    return _lanes_total(acc)
-
-
-cdef inline double _row_g_xc_sum(const floating* dy, const floating* x, const floating* gamma,
-                                 Py_ssize_t D, floating mu) noexcept nogil:
-    """sum(g * (x - mu)) for g = dout * gamma on one row: products in x's dtype
-    (one conversion per element, the float32 bottleneck), sums in double."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t j, k, body = D - D % LANES
+            dy_j = dy[j + k]
+            xc_j = x[j + k] - mu
+            g_j = dy_j * gamma_d[j + k]
+            sum_g[k] += g_j
+            sum_g_xc[k] += g_j * xc_j
+            dgamma_part[j + k] += dy_j * (xc_j * s)
+            dbeta_part[j + k] += dy_j
+    for j in range(body, c1):
+        dy_j = dy[j]
+        xc_j = x[j] - mu
+        g_j = dy_j * gamma_d[j]
+        sum_g[j - body] += g_j
+        sum_g_xc[j - body] += g_j * xc_j
+        dgamma_part[j] += dy_j * (xc_j * s)
+        dbeta_part[j] += dy_j
     for k in range(LANES):
-        acc[k] = 0.0
-    for j in range(0, body, 16):
-        for k in range(LANES):
-            acc[k] += dy[j + k] * gamma[j + k] * (x[j + k] - mu)
-    for j in range(body, D):
-        acc[j - body] += dy[j] * gamma[j] * (x[j] - mu)
-    return _lanes_total(acc)
+        lanes[k] = sum_g[k]
+        lanes[LANES + k] = sum_g_xc[k]
 
 
-cdef inline void _rows_consts(const floating* dout, const floating* x, const floating* gamma,
-                              Py_ssize_t D, Py_ssize_t i0, Py_ssize_t i1,
-                              const double* mean, const double* inv_std, int ddof,
-                              floating* row_consts) noexcept nogil:
-    """The two row reductions of g = dout*gamma for rows i0..i1, turned into 5
-    constants per row in x's dtype: mean_hi, mean residue, inv_std, shift, x_hat coefficient."""
-    cdef Py_ssize_t i
-    cdef floating mu_hi
-    cdef double residue, sum_g, sum_g_xc, k_shift, k_xc
-    for i in range(i0, i1):
-        mu_hi = <floating> mean[i]
-        residue = mean[i] - mu_hi
-        sum_g = _row_g_sum(dout + i * D, gamma, D)
-        sum_g_xc = _row_g_xc_sum(dout + i * D, x + i * D, gamma, D, mu_hi) - residue * sum_g
-        k_shift = sum_g / D
-        k_xc = inv_std[i] * inv_std[i] * sum_g_xc / (D - ddof)
-        row_consts[5 * i] = mu_hi
-        row_consts[5 * i + 1] = <floating> residue
-        row_consts[5 * i + 2] = <floating> inv_std[i]
-        row_consts[5 * i + 3] = <floating> (k_shift - residue * k_xc)
-        row_consts[5 * i + 4] = <floating> k_xc
+cdef inline void _row_dx(const floating* dy, const floating* x, const floating* gamma,
+                         Py_ssize_t D, double mu, double s, const double* lanes, int ddof,
+                         floating* dx) noexcept nogil:
+    """dx of one row from its lane sums, element-wise in x's dtype (no conversions):
+    for float32 the double mean is split into mu_hi (float32) and a residue that
+    the shift takes up."""
+    cdef double sum_g = _lanes_total(lanes), sum_g_xc = _lanes_total(lanes + LANES)
+    cdef double k_xc = s * s * sum_g_xc / (D - ddof)
+    cdef floating mu_hi = <floating> mu
+    cdef floating shift = <floating> (sum_g / D - (mu - mu_hi) * k_xc)
+    cdef floating kxc = <floating> k_xc, s_f = <floating> s
+    cdef Py_ssize_t j
+    for j in range(D):
+        dx[j] = s_f * (dy[j] * gamma[j] - shift - (x[j] - mu_hi) * kxc)
 
 
-cdef inline void _tile_backward(const floating* dout, const floating* x, const floating* gamma,
-                                Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
-                                Py_ssize_t c0, Py_ssize_t c1,
-                                floating* row_consts, bint with_consts,
-                                const double* mean, const double* inv_std, int ddof,
-                                floating* dx, double* dgamma_part, double* dbeta_part) noexcept nogil:
-    """dx on the tile [r0:r1, c0:c1] from the per-row constants, and the tile's
-    column sums of dout * x_hat (-> dgamma) and dout (-> dbeta), row by row.
-    with_consts: the tile spans whole rows; compute each row's constants first,
-    while the row is in cache (same numbers as computing them beforehand)."""
-    cdef Py_ssize_t i, j, w = c1 - c0
-    cdef floating mu_hi, mu_lo, s, shift, kxc
-    cdef const floating* dy_row
-    cdef const floating* x_row
-    cdef const floating* g = gamma + c0
-    cdef floating* dx_row
-    for j in range(w):
+cdef inline void _group_backward(const floating* dout, const floating* x, const floating* gamma,
+                                 const double* gamma_d, Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                                 const double* mean, const double* inv_std, int ddof,
+                                 floating* dx,                      # OUT rows r0..r1
+                                 double* dgamma_part,               # OUT (D,)
+                                 double* dbeta_part) noexcept nogil:   # OUT (D,)
+    """Rows r0..r1 (at most ROW_BLOCK): their dx, and their column sums of
+    dout*x_hat and dout, added row after row. A row up to WIDE_ROW gets its dx
+    right after its sums, while it is in L1/L2; wider rows are summed segment by
+    segment over all rows of the group (the segment's partials stay in L1), then
+    given their dx."""
+    cdef double lanes[ROW_BLOCK * 2 * LANES]   # per row: LANES sums of g, LANES of g*(x - mean)
+    cdef Py_ssize_t i, j, t
+    for j in range(D):
         dgamma_part[j] = 0.0
         dbeta_part[j] = 0.0
-    for i in range(r0, r1):
-        if with_consts:
-            _rows_consts(dout, x, gamma, D, i, i + 1, mean, inv_std, ddof, row_consts)
-        dy_row = dout + i * D + c0
-        x_row = x + i * D + c0
-        dx_row = dx + i * D + c0
-        mu_hi, mu_lo, s = row_consts[5 * i], row_consts[5 * i + 1], row_consts[5 * i + 2]
-        shift, kxc = row_consts[5 * i + 3], row_consts[5 * i + 4]
-        for j in range(w):
-            dx_row[j] = s * (dy_row[j] * g[j] - shift - (x_row[j] - mu_hi) * kxc)
-        for j in range(w):   # (one loop with the dx line is slower for float64)
-            dgamma_part[j] += dy_row[j] * (((x_row[j] - mu_hi) - mu_lo) * s)
-            dbeta_part[j] += dy_row[j]
+    if D <= WIDE_ROW:
+        for i in range(r0, r1):
+            for j in range(2 * LANES):
+                lanes[j] = 0.0
+            _row_segment_sums(dout + i * D, x + i * D, gamma_d, 0, D, mean[i], inv_std[i],
+                              lanes, dgamma_part, dbeta_part)
+            _row_dx(dout + i * D, x + i * D, gamma, D, mean[i], inv_std[i], lanes, ddof, dx + i * D)
+    else:
+        for j in range((r1 - r0) * 2 * LANES):
+            lanes[j] = 0.0
+        for t in range(n_blocks(D, COL_TILE)):
+            for i in range(r0, r1):
+                _row_segment_sums(dout + i * D, x + i * D, gamma_d, t * COL_TILE,
+                                  min((t + 1) * COL_TILE, D), mean[i], inv_std[i],
+                                  lanes + (i - r0) * 2 * LANES, dgamma_part, dbeta_part)
+        for i in range(r0, r1):
+            _row_dx(dout + i * D, x + i * D, gamma, D, mean[i], inv_std[i],
+                    lanes + (i - r0) * 2 * LANES, ddof, dx + i * D)
+
+
+cdef inline Py_ssize_t ln_backward_group_rows(Py_ssize_t N) noexcept nogil:
+    """Rows per group of the backward: ROW_BLOCK, or a quarter of fewer rows so
+    that two threads share the work. The shape's alone: it fixes the results."""
+    return ROW_BLOCK if N >= 4 * ROW_BLOCK else n_blocks(N, 4)
 
 
 cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
@@ -215,50 +241,44 @@ cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
     """First the two row reductions of g = dout*gamma, then the terms:
 
     dx = inv_std * (g - sum(g)/D - x_hat * sum(g*x_hat)/(D - ddof)),
-    dgamma, dbeta = column sums of dout*x_hat and dout over rows, in tile order.
+    dgamma, dbeta = column sums of dout*x_hat and dout over rows: per row group,
+    then the groups' partials merged in group order.
     """
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
-    cdef Py_ssize_t t, rb, r0, c0, i, j
+    cdef Py_ssize_t group = ln_backward_group_rows(N)
+    cdef Py_ssize_t n_groups = n_blocks(N, group), g, j
     cdef int nt = threads_for(N * D, n_threads)
     cdef double dgamma_j, dbeta_j
-    cdef double* part = <double*> malloc(2 * n_row_blocks * D * sizeof(double))
-    # per row, in x's dtype: mean_hi, mean residue, inv_std, shift, x_hat coefficient
-    cdef floating* row_consts = <floating*> malloc(5 * N * sizeof(floating))
-    if part == NULL or row_consts == NULL:
+    cdef double* part = <double*> malloc(2 * n_groups * D * sizeof(double))
+    cdef double* gamma_copy = NULL   # float32: gamma in double, converted once per call
+    cdef const double* gamma_d
+    if floating is float:
+        gamma_copy = <double*> malloc(D * sizeof(double))
+    if part == NULL or (floating is float and gamma_copy == NULL):
         free(part)
-        free(row_consts)
+        free(gamma_copy)
         return -1
-    cdef double* part_dbeta = part + n_row_blocks * D
-
-    if n_row_blocks >= 4 or nt == 1:
-        # tall (or one thread): one pass, a row block per task (its row sums, then its
-        # dx and partials). Per column the same sums as the wide split: same results.
-        for rb in prange(n_row_blocks, num_threads=nt, schedule='static'):
-            _tile_backward(&dout[0, 0], &x[0, 0], &gamma[0], D, rb * ROW_BLOCK,
-                           min((rb + 1) * ROW_BLOCK, N), 0, D, row_consts, True,
-                           &mean[0], &inv_std[0], ddof, &dx[0, 0], part + rb * D, part_dbeta + rb * D)
+    if floating is float:
+        for j in range(D):
+            gamma_copy[j] = gamma[j]
+        gamma_d = gamma_copy
     else:
-        # wide: the row sums in parallel over rows, then tiles that split the columns too
-        for i in prange(N, num_threads=nt, schedule='static'):
-            _rows_consts(&dout[0, 0], &x[0, 0], &gamma[0], D, i, i + 1, &mean[0], &inv_std[0],
-                         ddof, row_consts)
-        for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
-            r0 = (t // n_col_tiles) * ROW_BLOCK
-            c0 = (t % n_col_tiles) * COL_TILE
-            _tile_backward(&dout[0, 0], &x[0, 0], &gamma[0], D, r0, min(r0 + ROW_BLOCK, N),
-                           c0, min(c0 + COL_TILE, D), row_consts, False, &mean[0], &inv_std[0],
-                           ddof, &dx[0, 0], part + (t // n_col_tiles) * D + c0,
-                           part_dbeta + (t // n_col_tiles) * D + c0)
+        gamma_d = &gamma[0]
+    cdef double* part_dbeta = part + n_groups * D
+
+    for g in prange(n_groups, num_threads=nt, schedule='static'):
+        _group_backward(&dout[0, 0], &x[0, 0], &gamma[0], gamma_d, D, g * group,
+                        min((g + 1) * group, N), &mean[0], &inv_std[0], ddof, &dx[0, 0],
+                        part + g * D, part_dbeta + g * D)
 
     for j in range(D):
         dgamma_j = part[j]
         dbeta_j = part_dbeta[j]
-        for rb in range(1, n_row_blocks):
-            dgamma_j += part[rb * D + j]
-            dbeta_j += part_dbeta[rb * D + j]
+        for g in range(1, n_groups):
+            dgamma_j += part[g * D + j]
+            dbeta_j += part_dbeta[g * D + j]
         dgamma[j] = <floating> dgamma_j
         dbeta[j] = <floating> dbeta_j
     free(part)
-    free(row_consts)
+    free(gamma_copy)
     return 0

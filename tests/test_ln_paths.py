@@ -1,0 +1,143 @@
+"""The layer-norm backward's splits: row groups (ROW_BLOCK = 64 rows, or a quarter
+of fewer than 256 rows), rows up to WIDE_ROW = 8192 summed whole, wider rows
+summed in 512-column segments over a group, lane tails (16 lanes). Deterministic
+checks only (no timing)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnorm as fn
+from fastnorm import _build
+from fastnorm import reference as ref
+
+
+
+def _module(name):
+    """fastnorm.<name> if it is built in this package, else None."""
+    try:
+        module = __import__(f"fastnorm.{name}", fromlist=["x"])
+    except ImportError:
+        return None
+    return module if Path(module.__file__).parent == Path(fn.__file__).parent else None
+
+
+BASELINE = _module("_kernels")
+AVX2 = _module("_kernels_avx2")
+HAVE_BOTH = AVX2 is not None and BASELINE.cpu_has_avx2_fma()
+
+# Each has more than 32768 elements, so that two threads really run (smaller
+# calls stay on one thread): quarter groups with and without a short last one,
+# whole groups with a short last one, rows at and past WIDE_ROW, with lane tails.
+SHAPES = [(100, 500), (7, 5000), (255, 131), (257, 129), (300, 127), (600, 64),
+          (4, 8192), (5, 8193), (3, 20001), (70, 8200)]
+
+
+def _inputs(N, D, dtype, seed, offset=3.0):
+    rng = np.random.default_rng(seed)
+    x = (offset + 2.0 * rng.standard_normal((N, D))).astype(dtype)
+    gamma = rng.standard_normal(D).astype(dtype)
+    dout = rng.standard_normal((N, D)).astype(dtype)
+    return x, gamma, dout
+
+
+def _backward(kernels, x, gamma, dout, n_threads, ddof=0):
+    """The compiled forward statistics, then the backward; returns dx, dgamma, dbeta."""
+    N, D = x.shape
+    out, mean, inv_std = np.empty_like(x), np.empty(N), np.empty(N)
+    kernels.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, ddof, out, mean, inv_std,
+                              n_threads)
+    dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
+    kernels.layernorm_backward(dout, x, mean, inv_std, gamma, ddof, dx, dgamma, dbeta, n_threads)
+    return dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_one_and_two_threads_bitwise_equal(shape, dtype):
+    kernels = _build.load_kernels()
+    args = _inputs(*shape, dtype, seed=shape[1])
+    for a, b in zip(_backward(kernels, *args, 1), _backward(kernels, *args, 2)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not HAVE_BOTH, reason="needs the AVX2 build and a CPU that runs it")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_both_builds_bitwise_equal(shape, dtype):
+    args = _inputs(*shape, dtype, seed=shape[0])
+    for a, b in zip(_backward(BASELINE, *args, 2), _backward(AVX2, *args, 2)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_the_float64_reference(shape, dtype, ddof):
+    x, gamma, dout = _inputs(*shape, dtype, seed=7, offset=1e3)
+    _, cache = fn.layernorm_forward(x, gamma, np.zeros_like(gamma), {"ddof": ddof})
+    got = fn.layernorm_backward(dout, cache)
+    x64, g64, d64 = (a.astype(np.float64) for a in (x, gamma, dout))
+    _, rcache = ref.layernorm_forward(x64, g64, np.zeros_like(g64), {"ddof": ddof})
+    want = ref.layernorm_backward(d64, rcache)
+    # float64: the reference's own error, about eps * offset / std = 1e-13, bounds the check
+    eps = np.finfo(np.float32).eps if dtype == np.float32 else 1e-12
+    # dx per row: the terms are of size |g| * inv_std, their sums cancel to about that
+    scale = np.abs(d64 * g64).max(axis=1, keepdims=True) * rcache["ivar"]
+    assert np.max(np.abs(got[0] - want[0]) / scale) < 8 * eps
+    # column sums in double, rounded once to the dtype: to the dtype's rounding,
+    # relative to the sum of absolute terms (double round-off is far below it)
+    for g, w, terms in zip(got[1:], want[1:], (np.abs(d64 * rcache["xhat"]), np.abs(d64))):
+        bound = eps * np.abs(w) + 1e-12 * terms.sum(axis=0)
+        assert np.max(np.abs(g - w) / bound) < 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(100, 500), (5, 8193), (257, 129)])
+def test_dx_rows_do_not_depend_on_the_grouping(shape, dtype):
+    """A row's dx depends on that row alone: the same bits when the row is
+    backpropagated alone or inside groups of other sizes."""
+    kernels = _build.load_kernels()
+    x, gamma, dout = _inputs(*shape, dtype, seed=3)
+    dx_all = _backward(kernels, x, gamma, dout, 2)[0]
+    for rows in (slice(0, 1), slice(1, 4), slice(shape[0] - 2, shape[0])):
+        dx_part = _backward(kernels, x[rows].copy(), gamma, dout[rows].copy(), 2)[0]
+        np.testing.assert_array_equal(dx_part, dx_all[rows])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 8193), (300, 127)])
+def test_constant_rows_give_zero_dgamma_and_the_dout_sums(shape, dtype):
+    """x_hat is exactly 0 on a constant row (large offset included): dgamma
+    gets exactly 0 from it; dbeta is the column sum of dout."""
+    N, D = shape
+    rng = np.random.default_rng(5)
+    x = np.repeat(rng.choice([0.0, 1.0, -3e6, 1e4], N).reshape(-1, 1), D, axis=1).astype(dtype)
+    gamma = rng.standard_normal(D).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    _, cache = fn.layernorm_forward(x, gamma, np.zeros_like(gamma), {})
+    dx, dgamma, dbeta = fn.layernorm_backward(dout, cache)
+    np.testing.assert_array_equal(dgamma, np.zeros(D, dtype))
+    want = dout.astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(dbeta, want, rtol=np.finfo(dtype).eps, atol=1e-12 * N)
+    assert np.all(np.isfinite(dx))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 8200), (257, 129)])
+def test_nonfinite_dout_stays_in_its_row_and_column(shape, dtype, bad):
+    N, D = shape
+    x, gamma, dout = _inputs(N, D, dtype, seed=11)
+    _, cache = fn.layernorm_forward(x, gamma, np.zeros_like(gamma), {})
+    clean = fn.layernorm_backward(dout, cache)
+    row, col = N - 2, D - 3   # in the last group and the last (tail) segment
+    dout[row, col] = bad
+    dirty = fn.layernorm_backward(dout, cache)
+    rows, cols = np.arange(N) != row, np.arange(D) != col
+    np.testing.assert_array_equal(dirty[0][rows], clean[0][rows])
+    assert not np.isfinite(dirty[0][row]).any()
+    for d, c in zip(dirty[1:], clean[1:]):
+        np.testing.assert_array_equal(d[cols], c[cols])
+        assert not np.isfinite(d[col])
