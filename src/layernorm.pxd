@@ -130,8 +130,7 @@ cdef extern from *:
 
 
 cdef enum:
-    SHORT_ROW_BYTES = 2048   # up to this per row of each input (ROW_BLOCK rows of dout and x: 256 KiB)
-    WIDE_ROW = 8192          # wider rows go in COL_TILE segments, every row of a group per segment
+    WIDE_ROW = 8192    # wider rows go in COL_TILE segments, every row of a group per segment
 
 
 cdef inline void _row_segment_sums(const floating* dy, const floating* x, const double* gamma_d,
@@ -194,20 +193,16 @@ cdef inline void _group_backward(const floating* dout, const floating* x, const 
                                  double* dgamma_part,               # OUT (D,)
                                  double* dbeta_part) noexcept nogil:   # OUT (D,)
     """Rows r0..r1 (at most ROW_BLOCK): their dx, and their column sums of
-    dout*x_hat and dout, added row after row.
-
-    A middle-sized row gets its dx right after its sums, while it is in L1.
-    Otherwise the group goes in two phases: the sums of all its rows, segment
-    by segment (the segment's partials stay in L1; short rows are one segment),
-    then their dx. Short rows: the group stays in L2 between the phases, and
-    each phase runs back to back over rows instead of alternating per row.
-    """
+    dout*x_hat and dout, added row after row. A row up to WIDE_ROW gets its dx
+    right after its sums, while it is in cache; wider rows are summed segment by
+    segment over all rows of the group (the segment's partials stay in L1),
+    then given their dx."""
     cdef double lanes[ROW_BLOCK * 2 * LANES]   # per row: LANES sums of g, LANES of g*(x - mean)
     cdef Py_ssize_t i, j, t
     for j in range(D):
         dgamma_part[j] = 0.0
         dbeta_part[j] = 0.0
-    if SHORT_ROW_BYTES < D * sizeof(floating) and D <= WIDE_ROW:
+    if D <= WIDE_ROW:
         for i in range(r0, r1):
             for j in range(2 * LANES):
                 lanes[j] = 0.0

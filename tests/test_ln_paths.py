@@ -1,6 +1,5 @@
 """The layer-norm backward's splits: row groups (ROW_BLOCK = 64 rows, or half of
-fewer than 128 rows); short rows (up to 2048 bytes: 512 float32, 256 float64)
-in two phases per group, middle rows one by one, rows past WIDE_ROW = 8192 in
+fewer than 128 rows); rows up to WIDE_ROW = 8192 one by one, wider rows in
 512-column segments over a group; lane tails (16 lanes). Deterministic checks
 only (no timing)."""
 
@@ -30,8 +29,8 @@ HAVE_BOTH = AVX2 is not None and BASELINE.cpu_has_avx2_fma()
 
 # Each has more than 32768 elements, so that two threads really run (smaller
 # calls stay on one thread): half groups with and without a short last one,
-# whole groups with a short last one, rows around the short-row sizes and at and
-# past WIDE_ROW, with lane tails.
+# whole groups with a short last one, rows at and past WIDE_ROW (past it: a
+# short last segment), lane tails.
 SHAPES = [(100, 500), (7, 5000), (255, 131), (257, 129), (300, 127), (600, 64),
           (130, 256), (130, 257), (64, 512), (64, 513),
           (4, 8192), (5, 8193), (3, 20001), (70, 8200), (127, 8193), (200, 8200)]
