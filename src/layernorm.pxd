@@ -136,18 +136,25 @@ cdef enum:
 cdef inline void _row_segment_sums(const floating* dy, const floating* x, const double* gamma_d,
                                    Py_ssize_t c0, Py_ssize_t c1, double mu, double s,
                                    double* lanes,              # INOUT (2*LANES,) sums so far
+                                   double* totals,             # OUT (2,) their totals after this segment
                                    partial_ptr dgamma_part,    # INOUT (D,) sums of dout*x_hat
                                    partial_ptr dbeta_part) noexcept nogil:   # INOUT (D,) of dout
     """Columns c0..c1 of one row (c0 a multiple of LANES): the row's lane sums of g
-    and g*(x - mean) (lanes: LANES of each), and the column partials. Visits of
-    a row's segments in column order add exactly as one visit of the whole row."""
+    and g*(x - mean) (lanes: LANES of each; a row's first segment, c0 = 0, starts
+    them), and the column partials. Visits of a row's segments in column order
+    add exactly as one visit of the whole row."""
     cdef double sum_g[LANES]
     cdef double sum_g_xc[LANES]
     cdef Py_ssize_t j, k, body = c1 - (c1 - c0) % LANES
     cdef double dy_j, xc_j, g_j
-    for k in range(LANES):
-        sum_g[k] = lanes[k]
-        sum_g_xc[k] = lanes[LANES + k]
+    if c0 == 0:
+        for k in range(LANES):
+            sum_g[k] = 0.0
+            sum_g_xc[k] = 0.0
+    else:
+        for k in range(LANES):
+            sum_g[k] = lanes[k]
+            sum_g_xc[k] = lanes[LANES + k]
     for j in range(c0, body, 16):   # 16 == LANES (range needs a literal step)
         for k in range(LANES):
             dy_j = dy[j + k]
@@ -168,18 +175,19 @@ cdef inline void _row_segment_sums(const floating* dy, const floating* x, const 
     for k in range(LANES):
         lanes[k] = sum_g[k]
         lanes[LANES + k] = sum_g_xc[k]
+    totals[0] = _lanes_total(sum_g)
+    totals[1] = _lanes_total(sum_g_xc)
 
 
 cdef inline void _row_dx(const floating* dy, const floating* x, const floating* gamma,
-                         Py_ssize_t D, double mu, double s, const double* lanes, int ddof,
+                         Py_ssize_t D, double mu, double s, const double* totals, int ddof,
                          floating* dx) noexcept nogil:
-    """dx of one row from its lane sums, element-wise in x's dtype (no conversions):
+    """dx of one row from its two sums, element-wise in x's dtype (no conversions):
     for float32 the double mean is split into mu_hi (float32) and a residue that
     the shift takes up."""
-    cdef double sum_g = _lanes_total(lanes), sum_g_xc = _lanes_total(lanes + LANES)
-    cdef double k_xc = s * s * sum_g_xc / (D - ddof)
+    cdef double k_xc = s * s * totals[1] / (D - ddof)
     cdef floating mu_hi = <floating> mu
-    cdef floating shift = <floating> (sum_g / D - (mu - mu_hi) * k_xc)
+    cdef floating shift = <floating> (totals[0] / D - (mu - mu_hi) * k_xc)
     cdef floating kxc = <floating> k_xc, s_f = <floating> s
     cdef Py_ssize_t j
     for j in range(D):
@@ -198,28 +206,27 @@ cdef inline void _group_backward(const floating* dout, const floating* x, const 
     segment over all rows of the group (the segment's partials stay in L1),
     then given their dx."""
     cdef double lanes[ROW_BLOCK * 2 * LANES]   # per row: LANES sums of g, LANES of g*(x - mean)
+    cdef double totals[ROW_BLOCK * 2]          # per row: sum of g, sum of g*(x - mean)
     cdef Py_ssize_t i, j, t
     for j in range(D):
         dgamma_part[j] = 0.0
         dbeta_part[j] = 0.0
     if D <= WIDE_ROW:
         for i in range(r0, r1):
-            for j in range(2 * LANES):
-                lanes[j] = 0.0
             _row_segment_sums(dout + i * D, x + i * D, gamma_d, 0, D, mean[i], inv_std[i],
-                              lanes, dgamma_part, dbeta_part)
-            _row_dx(dout + i * D, x + i * D, gamma, D, mean[i], inv_std[i], lanes, ddof, dx + i * D)
+                              lanes, totals, dgamma_part, dbeta_part)
+            _row_dx(dout + i * D, x + i * D, gamma, D, mean[i], inv_std[i], totals, ddof,
+                    dx + i * D)
     else:
-        for j in range((r1 - r0) * 2 * LANES):
-            lanes[j] = 0.0
         for t in range(n_blocks(D, COL_TILE)):
             for i in range(r0, r1):
                 _row_segment_sums(dout + i * D, x + i * D, gamma_d, t * COL_TILE,
                                   min((t + 1) * COL_TILE, D), mean[i], inv_std[i],
-                                  lanes + (i - r0) * 2 * LANES, dgamma_part, dbeta_part)
+                                  lanes + (i - r0) * 2 * LANES, totals + (i - r0) * 2,
+                                  dgamma_part, dbeta_part)
         for i in range(r0, r1):
             _row_dx(dout + i * D, x + i * D, gamma, D, mean[i], inv_std[i],
-                    lanes + (i - r0) * 2 * LANES, ddof, dx + i * D)
+                    totals + (i - r0) * 2, ddof, dx + i * D)
 
 
 cdef inline Py_ssize_t ln_backward_group_rows(Py_ssize_t N) noexcept nogil:
