@@ -47,9 +47,9 @@ def _inputs(N, D, dtype, seed, offset=3.0):
 def _backward(kernels, x, gamma, dout, n_threads, ddof=0):
     """The compiled forward statistics, then the backward; returns dx, dgamma, dbeta."""
     N, D = x.shape
-    out, mean, inv_std = np.empty_like(x), np.empty(N), np.empty(N)
-    kernels.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, ddof, out, mean, inv_std,
-                              n_threads)
+    out, stats = np.empty_like(x), np.empty((2, N))  # stats: mean, inv_std
+    kernels.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, ddof, out, stats, n_threads)
+    mean, inv_std = stats
     dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
     kernels.layernorm_backward(dout, x, mean, inv_std, gamma, ddof, dx, dgamma, dbeta, n_threads)
     return dx, dgamma, dbeta
