@@ -208,53 +208,42 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
     return 0
 
 
-cdef inline void _strip_grad_sums(const floating* dout, const floating* x, Py_ssize_t D,
-                                  Py_ssize_t n_rows, const floating* shift,
-                                  double* sum_dy, double* sum_dy_xc) noexcept nogil:
-    """Add the column sums of dout and of dout * (x - shift) over one strip (IN/OUT);
-    products in x's dtype (one conversion per element), sums in double."""
-    cdef double acc[STRIP]
-    cdef Py_ssize_t i, k
-    cdef const floating* dy_row
-    cdef const floating* x_row
-    for k in range(STRIP):
-        acc[k] = sum_dy[k]
-    for i in range(n_rows):
-        dy_row = dout + i * D
-        for k in range(STRIP):
-            acc[k] += dy_row[k]
-    for k in range(STRIP):
-        sum_dy[k] = acc[k]
-        acc[k] = sum_dy_xc[k]
-    for i in range(n_rows):
-        dy_row = dout + i * D
-        x_row = x + i * D
-        for k in range(STRIP):
-            acc[k] += dy_row[k] * (x_row[k] - shift[k])
-    for k in range(STRIP):
-        sum_dy_xc[k] = acc[k]
-
-
 cdef inline void _tile_grad_sums(const floating* dout, const floating* x, Py_ssize_t D,
                                  Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                                  const floating* shift, const double* residue,
                                  double* sum_dy, double* sum_dy_xc) noexcept nogil:
-    """Per column of the tile: sum(dout) and sum(dout * (x - mean)), ROW_CHUNK rows at
-    a time, where mean = shift + residue (residue is 0 for float64)."""
-    cdef Py_ssize_t i, j, r, c, rows, n = r1 - r0, w = c1 - c0, body = w - w % STRIP
-    cdef Py_ssize_t at = r0 * D + c0
+    """Per column of the tile [r0:r1, c0:c1]: sum(dout) and sum(dout * (x - mean)),
+    where mean = shift + residue (residue is 0 for float64); shift, residue: the
+    tile's columns; sum_dy, sum_dy_xc: (c1 - c0,) OUT. Products in x's dtype, sums
+    in double, each column summed row after row from 0.
+
+    The tile is read once, from memory, so it is walked along its rows (contiguous
+    streams) with the column sums in L1 (COL_TILE at most); float32 takes two rows
+    per step (four streams, half the sum traffic; the same order of additions).
+    A two-row float64 loop does not vectorize (too many possible aliases)."""
+    cdef Py_ssize_t i = r0, j, w = c1 - c0
+    cdef const floating* dy_row
+    cdef const floating* x_row
     for j in range(w):
         sum_dy[j] = 0.0
+    for j in range(w):
         sum_dy_xc[j] = 0.0
-    for r in range(0, n, 8):   # 8 == ROW_CHUNK (range needs a literal step)
-        rows = min(ROW_CHUNK, n - r)
-        for c in range(0, body, 16):   # 16 == STRIP
-            _strip_grad_sums(dout + at + r * D + c, x + at + r * D + c, D, rows, shift + c,
-                             sum_dy + c, sum_dy_xc + c)
-        for i in range(r, r + rows):   # the last w % STRIP columns
-            for c in range(body, w):
-                sum_dy[c] += dout[at + i * D + c]
-                sum_dy_xc[c] += dout[at + i * D + c] * (x[at + i * D + c] - shift[c])
+    if floating is float:
+        while i + 1 < r1:
+            dy_row = dout + i * D + c0
+            x_row = x + i * D + c0
+            for j in range(w):
+                sum_dy[j] = (sum_dy[j] + dy_row[j]) + dy_row[D + j]
+                sum_dy_xc[j] = ((sum_dy_xc[j] + dy_row[j] * (x_row[j] - shift[j]))
+                                + dy_row[D + j] * (x_row[D + j] - shift[j]))
+            i += 2
+    while i < r1:
+        dy_row = dout + i * D + c0
+        x_row = x + i * D + c0
+        for j in range(w):
+            sum_dy[j] += dy_row[j]
+            sum_dy_xc[j] += dy_row[j] * (x_row[j] - shift[j])
+        i += 1
     if floating is float:
         for j in range(w):
             sum_dy_xc[j] -= residue[j] * sum_dy[j]
