@@ -208,6 +208,21 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
     return 0
 
 
+cdef enum:
+    GRAD_ROW_TILE = 2048   # widest backward tile: its two column sums (32 KiB) stay in L1
+
+
+cdef inline Py_ssize_t _grad_col_tile(Py_ssize_t N, Py_ssize_t D) noexcept nogil:
+    """Columns of a backward sums tile. With two row blocks or more, whole rows up to
+    GRAD_ROW_TILE: a tile is then one contiguous stream per array (a 4096 x 1024 sweep
+    ~10% faster than with COL_TILE halves). A single row block keeps COL_TILE, so that
+    its columns still split into tiles for the threads. The split of the columns does
+    not change any result: every column is summed alone, in row order."""
+    if N > ROW_BLOCK:
+        return min(D, GRAD_ROW_TILE)
+    return COL_TILE
+
+
 cdef inline void _tile_grad_sums(const floating* dout, const floating* x, Py_ssize_t D,
                                  Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
                                  const floating* shift, const double* residue,
@@ -218,7 +233,7 @@ cdef inline void _tile_grad_sums(const floating* dout, const floating* x, Py_ssi
     in double, each column summed row after row from 0.
 
     The tile is read once, from memory, so it is walked along its rows (contiguous
-    streams) with the column sums in L1 (COL_TILE at most); float32 takes two rows
+    streams) with the column sums in L1 (GRAD_ROW_TILE at most); float32 takes two rows
     per step (four streams, half the sum traffic; the same order of additions).
     A two-row float64 loop does not vectorize (too many possible aliases)."""
     cdef Py_ssize_t i = r0, j, w = c1 - c0
@@ -265,7 +280,8 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     in train mode; dx = gamma*inv_std*dout in test mode (statistics are constants).
     """
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
+    cdef Py_ssize_t col_tile = _grad_col_tile(N, D)
+    cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, col_tile)
     cdef Py_ssize_t t, rb, r0, c0, i, j
     cdef int nt = threads_for(N * D, n_threads)
     cdef double* part = <double*> malloc((2 * n_row_blocks + 2) * D * sizeof(double))
@@ -292,9 +308,9 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
         residue[j] = mean[j] - shift[j]
     for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
         r0 = (t // n_col_tiles) * ROW_BLOCK
-        c0 = (t % n_col_tiles) * COL_TILE
+        c0 = (t % n_col_tiles) * col_tile
         _tile_grad_sums(&dout[0, 0], &x[0, 0], D, r0, min(r0 + ROW_BLOCK, N),
-                        c0, min(c0 + COL_TILE, D), shift + c0, residue + c0,
+                        c0, min(c0 + col_tile, D), shift + c0, residue + c0,
                         part + (t // n_col_tiles) * D + c0, part_dy_xc + (t // n_col_tiles) * D + c0)
     for rb in range(1, n_row_blocks):   # merged in row-block order into block 0's sums
         for j in range(D):

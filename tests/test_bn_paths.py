@@ -6,8 +6,9 @@ products in x's dtype and the dx formula evaluated in a fixed order. NumPy's sum
 over axis 0 of a C-contiguous block also adds row after row, so the model below
 gives bitwise the same numbers: any change to the order (a different row split,
 a pairwise step, a folded constant) fails here, on every build and thread count.
-Shapes cross the row blocks (64), the column tiles (512), odd row counts (the
-float32 loop steps two rows at a time) and the threads' split of tiles.
+Shapes cross the row blocks (64), the column tiles (512, or whole rows up to
+2048), odd row counts (the float32 loop steps two rows at a time) and the
+threads' split of tiles.
 """
 
 from pathlib import Path
@@ -79,9 +80,10 @@ def _kernel_backward(kernels, dout, x, mean, inv_std, gamma, train, ddof, n_thre
 
 
 # row blocks 1..3 with partial last blocks, odd and even row counts, column tiles
-# of 512 with a partial last one, and (100, 500), the shape the benchmark's target names
+# (512 for one row block, whole rows up to 2048 for more) with a partial last one,
+# and (100, 500), the shape the benchmark's target names
 SHAPES = [(1, 5), (2, 3), (3, 17), (7, 513), (63, 40), (64, 40), (65, 40), (129, 33),
-          (100, 500), (8, 1100), (131, 1030), (300, 7)]
+          (100, 500), (8, 1100), (131, 1030), (300, 7), (70, 2100)]
 
 
 @pytest.mark.parametrize("build", BUILDS, ids=lambda m: m.ISA)
