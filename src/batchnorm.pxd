@@ -104,23 +104,33 @@ cdef inline void _tile_moments(const floating* x, Py_ssize_t D,
             m2[j] = 0.0
 
 
+cdef inline void _moments_task(const floating* x, Py_ssize_t N, Py_ssize_t D,
+                               Py_ssize_t n_col_tiles, Py_ssize_t t,
+                               double* part, double* part_m2, double* scratch) noexcept nogil:
+    """Tile t (row block t // n_col_tiles, column tile t % n_col_tiles) into its
+    row block's partials (n_row_blocks, D)."""
+    cdef Py_ssize_t rb = t // n_col_tiles, r0 = rb * ROW_BLOCK, c0 = (t % n_col_tiles) * COL_TILE
+    _tile_moments(x, D, r0, min(r0 + ROW_BLOCK, N), c0, min(c0 + COL_TILE, D),
+                  part + rb * D + c0, part_m2 + rb * D + c0, scratch + rb * D + c0)
+
+
 cdef inline int _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t D,
                                 double* mean, double* m2, int n_threads) noexcept nogil:
     """mean, m2: (D,) OUT. One read of x from memory, tiles in parallel, merged in tile order."""
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
-    cdef Py_ssize_t t, rb, r0, c0
+    cdef Py_ssize_t t, rb
     cdef double rows_done
     cdef double* part = <double*> malloc(3 * n_row_blocks * D * sizeof(double))
     if part == NULL:
         return -1
     cdef double* part_m2 = part + n_row_blocks * D
     cdef double* scratch = part + 2 * n_row_blocks * D
-    for t in prange(n_row_blocks * n_col_tiles, num_threads=n_threads, schedule='static'):
-        r0 = (t // n_col_tiles) * ROW_BLOCK
-        c0 = (t % n_col_tiles) * COL_TILE
-        _tile_moments(x, D, r0, min(r0 + ROW_BLOCK, N), c0, min(c0 + COL_TILE, D),
-                      part + (t // n_col_tiles) * D + c0, part_m2 + (t // n_col_tiles) * D + c0,
-                      scratch + (t // n_col_tiles) * D + c0)
+    if n_threads == 1:   # no OpenMP team (see threads_for)
+        for t in range(n_row_blocks * n_col_tiles):
+            _moments_task(x, N, D, n_col_tiles, t, part, part_m2, scratch)
+    else:
+        for t in prange(n_row_blocks * n_col_tiles, num_threads=n_threads, schedule='static'):
+            _moments_task(x, N, D, n_col_tiles, t, part, part_m2, scratch)
     for t in range(D):
         mean[t] = part[t]
         m2[t] = part_m2[t]
@@ -133,20 +143,27 @@ cdef inline int _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t D,
     return 0
 
 
+cdef inline void _normalize_row(const floating* x_row, Py_ssize_t D, const floating* shift,
+                                const floating* scale, const floating* offset,
+                                floating* out_row) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(D):
+        out_row[j] = (x_row[j] - shift[j]) * scale[j] + offset[j]
+
+
 cdef inline void _normalize_rows(const floating* x, Py_ssize_t N, Py_ssize_t D,
                                  const floating* shift, const floating* scale,
                                  const floating* offset, floating* out,
                                  int n_threads) noexcept nogil:
     """out = (x - shift) * scale + offset per column, in x's dtype. Centered, never
     folded: a constant column (x == shift, offset == beta) gives beta exactly."""
-    cdef Py_ssize_t i, j
-    cdef const floating* x_row
-    cdef floating* out_row
-    for i in prange(N, num_threads=n_threads, schedule='static'):
-        x_row = x + i * D
-        out_row = out + i * D
-        for j in range(D):
-            out_row[j] = (x_row[j] - shift[j]) * scale[j] + offset[j]
+    cdef Py_ssize_t i
+    if n_threads == 1:
+        for i in range(N):
+            _normalize_row(x + i * D, D, shift, scale, offset, out + i * D)
+    else:
+        for i in prange(N, num_threads=n_threads, schedule='static'):
+            _normalize_row(x + i * D, D, shift, scale, offset, out + i * D)
 
 
 cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
@@ -264,6 +281,33 @@ cdef inline void _tile_grad_sums(const floating* dout, const floating* x, Py_ssi
             sum_dy_xc[j] -= residue[j] * sum_dy[j]
 
 
+cdef inline void _grad_sums_task(const floating* dout, const floating* x, Py_ssize_t N,
+                                 Py_ssize_t D, Py_ssize_t col_tile, Py_ssize_t n_col_tiles,
+                                 Py_ssize_t t, const floating* shift, const double* residue,
+                                 double* part_dy, double* part_dy_xc) noexcept nogil:
+    """Tile t (row block t // n_col_tiles, column tile t % n_col_tiles) into its
+    row block's partial sums (n_row_blocks, D)."""
+    cdef Py_ssize_t rb = t // n_col_tiles, r0 = rb * ROW_BLOCK, c0 = (t % n_col_tiles) * col_tile
+    _tile_grad_sums(dout, x, D, r0, min(r0 + ROW_BLOCK, N), c0, min(c0 + col_tile, D),
+                    shift + c0, residue + c0, part_dy + rb * D + c0, part_dy_xc + rb * D + c0)
+
+
+cdef inline void _dx_row(const floating* dy_row, const floating* x_row, Py_ssize_t D,
+                         bint train, const floating* consts, floating* dx_row) noexcept nogil:
+    """dx of one row from the per-column constants (4, D): shift, scale, shift of dout, x_hat coefficient."""
+    cdef const floating* shift = consts
+    cdef const floating* c_scale = consts + D
+    cdef const floating* c_shift = consts + 2 * D
+    cdef const floating* c_xc = consts + 3 * D
+    cdef Py_ssize_t j
+    if train:
+        for j in range(D):
+            dx_row[j] = c_scale[j] * (dy_row[j] - c_shift[j] - (x_row[j] - shift[j]) * c_xc[j])
+    else:
+        for j in range(D):
+            dx_row[j] = c_scale[j] * dy_row[j]
+
+
 cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
                             const floating[:, ::1] x,             # IN  (N, D) from the cache
                             const double[::1] mean,               # IN  (D,) cached
@@ -289,7 +333,7 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t col_tile = _grad_col_tile(N, D)
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, col_tile)
-    cdef Py_ssize_t t, rb, r0, c0, i, j
+    cdef Py_ssize_t t, rb, i, j
     cdef int nt = threads_for(N * D, n_threads)
     cdef double* part = <double*> malloc((2 * n_row_blocks + 2) * D * sizeof(double))
     cdef floating* consts = <floating*> malloc(4 * D * sizeof(floating))
@@ -306,19 +350,18 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     cdef floating* c_scale = consts + D        # gamma * inv_std
     cdef floating* c_shift = consts + 2 * D    # sum(dout)/N - residue * c_xc
     cdef floating* c_xc = consts + 3 * D       # inv_std^2 * sum(dout*(x-mean)) / (N - ddof)
-    cdef const floating* dy_row
-    cdef const floating* x_row
-    cdef floating* dx_row
 
     for j in range(D):
         shift[j] = <floating> mean[j]
         residue[j] = mean[j] - shift[j]
-    for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
-        r0 = (t // n_col_tiles) * ROW_BLOCK
-        c0 = (t % n_col_tiles) * col_tile
-        _tile_grad_sums(&dout[0, 0], &x[0, 0], D, r0, min(r0 + ROW_BLOCK, N),
-                        c0, min(c0 + col_tile, D), shift + c0, residue + c0,
-                        part + (t // n_col_tiles) * D + c0, part_dy_xc + (t // n_col_tiles) * D + c0)
+    if nt == 1:   # no OpenMP team (see threads_for)
+        for t in range(n_row_blocks * n_col_tiles):
+            _grad_sums_task(&dout[0, 0], &x[0, 0], N, D, col_tile, n_col_tiles, t, shift, residue,
+                            part, part_dy_xc)
+    else:
+        for t in prange(n_row_blocks * n_col_tiles, num_threads=nt, schedule='static'):
+            _grad_sums_task(&dout[0, 0], &x[0, 0], N, D, col_tile, n_col_tiles, t, shift, residue,
+                            part, part_dy_xc)
     for rb in range(1, n_row_blocks):   # merged in row-block order into block 0's sums
         for j in range(D):
             sum_dy[j] += part[rb * D + j]
@@ -345,20 +388,13 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
     for j in range(D):
         c_xc[j] = <floating> k_xc[j]
 
-    if train:
-        for i in prange(N, num_threads=nt, schedule='static'):
-            dy_row = &dout[i, 0]
-            x_row = &x[i, 0]
-            dx_row = &dx[i, 0]
-            for j in range(D):
-                dx_row[j] = c_scale[j] * (dy_row[j] - c_shift[j] - (x_row[j] - shift[j]) * c_xc[j])
+    # test mode: the statistics are constants, so dx never reads x (a NaN or Inf there stays out)
+    if nt == 1:
+        for i in range(N):
+            _dx_row(&dout[i, 0], &x[i, 0], D, train, consts, &dx[i, 0])
     else:
-        # the statistics are constants: dx never reads x, so a NaN or Inf there stays out
         for i in prange(N, num_threads=nt, schedule='static'):
-            dy_row = &dout[i, 0]
-            dx_row = &dx[i, 0]
-            for j in range(D):
-                dx_row[j] = c_scale[j] * dy_row[j]
+            _dx_row(&dout[i, 0], &x[i, 0], D, train, consts, &dx[i, 0])
     free(part)
     free(consts)
     return 0

@@ -82,6 +82,24 @@ cdef inline double _row_moments(const floating* row, Py_ssize_t D, double* mean_
     return m2
 
 
+cdef inline void _forward_row(const floating* x_row, const floating* gamma, const floating* beta,
+                              Py_ssize_t D, double eps, int ddof, floating* out_row,
+                              double* mean, double* inv_std) noexcept nogil:
+    """One row: its mean and inv_std (OUT, one value each), then out_row."""
+    cdef Py_ssize_t j
+    cdef double s = 1.0 / sqrt(_row_moments(x_row, D, mean) / (D - ddof) + eps)
+    cdef floating mu_hi = <floating> mean[0]
+    cdef floating mu_lo = <floating> (mean[0] - mu_hi)
+    cdef floating s_f = <floating> s
+    inv_std[0] = s
+    if floating is double:
+        for j in range(D):
+            out_row[j] = (x_row[j] - mu_hi) * s_f * gamma[j] + beta[j]
+    else:
+        for j in range(D):
+            out_row[j] = ((x_row[j] - mu_hi) - mu_lo) * (s_f * gamma[j]) + beta[j]
+
+
 cdef inline int ln_forward(const floating[:, ::1] x,       # IN  (N, D)
                            const floating[::1] gamma,      # IN  (D,)
                            const floating[::1] beta,       # IN  (D,)
@@ -91,27 +109,14 @@ cdef inline int ln_forward(const floating[:, ::1] x,       # IN  (N, D)
                            double[::1] inv_std,            # OUT (N,) cached
                            int n_threads) noexcept nogil:
     """out = (x - mean_row) * inv_std_row * gamma + beta, each row in one visit."""
-    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], i, j
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], i
     cdef int nt = threads_for(N * D, n_threads)
-    cdef double m2, s
-    cdef floating mu_hi, mu_lo, s_f
-    cdef const floating* x_row
-    cdef floating* out_row
-    for i in prange(N, num_threads=nt, schedule='static'):
-        x_row = &x[i, 0]
-        out_row = &out[i, 0]
-        m2 = _row_moments(x_row, D, &mean[i])   # assigned here, so private to the thread
-        s = 1.0 / sqrt(m2 / (D - ddof) + eps)
-        inv_std[i] = s
-        mu_hi = <floating> mean[i]
-        mu_lo = <floating> (mean[i] - mu_hi)
-        s_f = <floating> s
-        if floating is double:
-            for j in range(D):
-                out_row[j] = (x_row[j] - mu_hi) * s_f * gamma[j] + beta[j]
-        else:
-            for j in range(D):
-                out_row[j] = ((x_row[j] - mu_hi) - mu_lo) * (s_f * gamma[j]) + beta[j]
+    if nt == 1:   # no OpenMP team (see threads_for)
+        for i in range(N):
+            _forward_row(&x[i, 0], &gamma[0], &beta[0], D, eps, ddof, &out[i, 0], &mean[i], &inv_std[i])
+    else:
+        for i in prange(N, num_threads=nt, schedule='static'):
+            _forward_row(&x[i, 0], &gamma[0], &beta[0], D, eps, ddof, &out[i, 0], &mean[i], &inv_std[i])
     return 0
 
 
@@ -275,10 +280,16 @@ cdef inline int ln_backward(const floating[:, ::1] dout,   # IN  (N, D)
         gamma_d = &gamma[0]
     cdef double* part_dbeta = part + n_groups * D
 
-    for g in prange(n_groups, num_threads=nt, schedule='static'):
-        _group_backward(&dout[0, 0], &x[0, 0], &gamma[0], gamma_d, D, g * group,
-                        min((g + 1) * group, N), &mean[0], &inv_std[0], ddof, &dx[0, 0],
-                        part + g * D, part_dbeta + g * D)
+    if nt == 1:   # no OpenMP team (see threads_for)
+        for g in range(n_groups):
+            _group_backward(&dout[0, 0], &x[0, 0], &gamma[0], gamma_d, D, g * group,
+                            min((g + 1) * group, N), &mean[0], &inv_std[0], ddof, &dx[0, 0],
+                            part + g * D, part_dbeta + g * D)
+    else:
+        for g in prange(n_groups, num_threads=nt, schedule='static'):
+            _group_backward(&dout[0, 0], &x[0, 0], &gamma[0], gamma_d, D, g * group,
+                            min((g + 1) * group, N), &mean[0], &inv_std[0], ddof, &dx[0, 0],
+                            part + g * D, part_dbeta + g * D)
 
     for j in range(D):
         dgamma_j = part[j]
