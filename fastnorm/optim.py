@@ -15,6 +15,7 @@ rmsprop learning_rate 1e-2, decay_rate 0.99, epsilon 1e-8; adam learning_rate
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -38,15 +39,21 @@ def _check(w, dw, config, defaults: dict, state: tuple = ()):
         raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
     for key, default in defaults.items():
         value = config.get(key, default)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        # a plain float is the usual case: one type test and math.isfinite, not ABC checks
+        if not (type(value) is float and math.isfinite(value)) and (
+                isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+                or not np.isfinite(value)):
             raise ValueError(f"config['{key}'] must be a finite number, got {value!r}")
         if key in ("momentum", "decay_rate", "beta1", "beta2") and not _UNIT_OPEN[0] <= value < _UNIT_OPEN[1]:
             raise ValueError(f"config['{key}'] must be in [0, 1), got {value!r}")
         if key in ("learning_rate", "epsilon") and value < 0:
             raise ValueError(f"config['{key}'] must be >= 0, got {value!r}")
     for key in state:
-        if key in config and np.shape(config[key]) != w.shape:
-            raise ValueError(f"config['{key}'] has shape {np.shape(config[key])}, w has {w.shape}")
+        if key in config:
+            held = config[key]
+            shape = held.shape if type(held) is np.ndarray else np.shape(held)
+            if shape != w.shape:
+                raise ValueError(f"config['{key}'] has shape {shape}, w has {w.shape}")
     for key, default in defaults.items():
         config.setdefault(key, default)
     for key in state:

@@ -96,6 +96,21 @@ def test_bad_hyperparameters():
         optim.sgd_momentum(W, DW, {"velocity": np.zeros(3)})
 
 
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), np.float64("nan"), True, np.bool_(False), "0.1", None])
+def test_non_finite_or_non_number_hyperparameters_raise(value):
+    config = {"learning_rate": value}
+    with pytest.raises(ValueError, match="learning_rate"):
+        optim.adam(W, DW, config)
+    assert config == {"learning_rate": value}
+
+
+@pytest.mark.parametrize("value", [0.01, np.float32(0.01), np.float64(0.01), 1, np.int64(1)])
+def test_real_hyperparameters_of_any_type_give_the_float_result(value):
+    by_type, _ = optim.sgd(W, DW, {"learning_rate": value})
+    as_float, _ = optim.sgd(W, DW, {"learning_rate": float(value)})
+    np.testing.assert_array_equal(by_type, as_float)
+
+
 @settings(max_examples=40, deadline=None)
 @given(lr=st.floats(1e-5, 1.0), g=st.floats(-1e3, 1e3).filter(lambda v: abs(v) > 1e-3))
 def test_every_rule_moves_against_the_gradient(lr, g):
