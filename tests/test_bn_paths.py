@@ -11,26 +11,14 @@ Shapes cross the row blocks (64), the column tiles (512, or whole rows up to
 threads' split of tiles.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import fastnorm as fn
 
+from kernel_builds import RUNNABLE as BUILDS
+
 ROW_BLOCK = 64
-
-
-def _module(name):
-    try:
-        module = __import__(f"fastnorm.{name}", fromlist=["x"])
-    except ImportError:
-        return None
-    return module if Path(module.__file__).parent == Path(fn.__file__).parent else None
-
-
-BUILDS = [m for m in (_module("_kernels"), _module("_kernels_avx2")) if m is not None]
-BUILDS = [m for m in BUILDS if m.ISA == "baseline" or m.cpu_has_avx2_fma()]
 
 
 def exact_backward(dout, x, mean, inv_std, gamma, train, ddof):

@@ -3,29 +3,13 @@ fewer than 128 rows); rows up to WIDE_ROW = 8192 one by one, wider rows in
 512-column segments over a group; lane tails (16 lanes). Deterministic checks
 only (no timing)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import fastnorm as fn
 from fastnorm import _build
 from fastnorm import reference as ref
-
-
-
-def _module(name):
-    """fastnorm.<name> if it is built in this package, else None."""
-    try:
-        module = __import__(f"fastnorm.{name}", fromlist=["x"])
-    except ImportError:
-        return None
-    return module if Path(module.__file__).parent == Path(fn.__file__).parent else None
-
-
-BASELINE = _module("_kernels")
-AVX2 = _module("_kernels_avx2")
-HAVE_BOTH = AVX2 is not None and BASELINE.cpu_has_avx2_fma()
+from kernel_builds import AVX2, BASELINE, HAVE_BOTH
 
 # Each has more than 32768 elements, so that two threads really run (smaller
 # calls stay on one thread): half groups with and without a short last one,

@@ -14,22 +14,9 @@ import fastnorm as fn
 from fastnorm import _build
 from fastnorm import reference as ref
 
+from kernel_builds import AVX2, BASELINE, HAVE_BOTH
+
 BUILDS = ["_kernels", "_kernels_avx2"]
-
-
-def _module(name):
-    """fastnorm.<name> if it is built in this package (an editable install of
-    another tree may find one elsewhere), else None."""
-    try:
-        module = __import__(f"fastnorm.{name}", fromlist=["x"])
-    except ImportError:
-        return None
-    return module if Path(module.__file__).parent == Path(fn.__file__).parent else None
-
-
-BASELINE = _module("_kernels")
-AVX2 = _module("_kernels_avx2")
-HAVE_BOTH = AVX2 is not None and BASELINE.cpu_has_avx2_fma()
 
 
 def _run_all(kernels, x, gamma, beta, dout, n_threads):
