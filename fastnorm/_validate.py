@@ -194,67 +194,73 @@ _ABSENT = object()
 _ndarray = np.ndarray
 
 
+def _usual_arrays(x, gamma, beta, param):
+    """(N, D) when x, gamma and beta are exact ndarrays of one kernel dtype (the same
+    dtype object: byte-swapped or subclassed arrays do not count), C-contiguous, of
+    shapes (N, D) and (D,) with N, D > 0, and param is a plain dict; else None."""
+    if (type(x) is _ndarray and type(gamma) is _ndarray and type(beta) is _ndarray
+            and type(param) is dict):
+        dtype = x.dtype
+        if ((dtype is _F64 or dtype is _F32) and gamma.dtype is dtype and beta.dtype is dtype
+                and x.ndim == 2 and x.flags.c_contiguous
+                and gamma.flags.c_contiguous and beta.flags.c_contiguous):
+            N, D = x.shape
+            if N > 0 and D > 0 and gamma.shape == (D,) and beta.shape == (D,):
+                return N, D
+    return None
+
+
+def _usual_eps_ddof(eps, ddof, n_reduced: int) -> bool:
+    """A float eps in [0, inf) and an int ddof of 0 or 1 below the reduced length."""
+    return (type(eps) is float and 0.0 <= eps < math.inf
+            and type(ddof) is int and (ddof == 0 or ddof == 1) and n_reduced > ddof)
+
+
 def batchnorm_args(x, gamma, beta, bn_param) -> tuple:
     """batchnorm_call's fields as a plain tuple in NormCall's order, accepting the usual
     call at the cost of a few identity and range tests.
 
-    The usual call: x, gamma, beta and any running statistics are exact ndarrays of
-    one kernel dtype (the same dtype object: byte-swapped or subclassed arrays do not
-    count), C-contiguous, of shapes (N, D) and (D,), N, D > 0; bn_param is a dict with
-    a str mode, float eps and momentum in range, and an int ddof (0 or 1; fewer than
-    N in train mode). Anything else, valid or not, goes to batchnorm_call, which
-    converts or raises with its messages; for the usual call both give the same values.
+    The usual call: _usual_arrays, plus any running statistics already exact
+    C-contiguous (D,) arrays of x's dtype object; bn_param with a str mode, float
+    eps and momentum in range, and an int ddof (0 or 1; fewer than N in train mode).
+    Anything else, valid or not, goes to batchnorm_call, which converts or raises
+    with its messages; for the usual call both give the same values.
     """
-    if (type(x) is _ndarray and type(gamma) is _ndarray and type(beta) is _ndarray
-            and type(bn_param) is dict):
-        dtype = x.dtype
-        if ((dtype is _F64 or dtype is _F32) and gamma.dtype is dtype and beta.dtype is dtype
-                and x.ndim == 2 and x.flags.c_contiguous):
-            N, D = x.shape
-            d_shape = (D,)
-            mode = bn_param.get("mode")
-            eps = bn_param.get("eps", DEFAULT_EPS)
-            momentum = bn_param.get("momentum", DEFAULT_MOMENTUM)
-            ddof = bn_param.get("ddof", 0)
-            train = type(mode) is str and mode == "train"
-            if (N > 0 and D > 0 and gamma.shape == d_shape and beta.shape == d_shape
-                    and gamma.flags.c_contiguous and beta.flags.c_contiguous
-                    and (train or (type(mode) is str and mode == "test"))
-                    and type(eps) is float and 0.0 <= eps < math.inf
-                    and type(momentum) is float and 0.0 <= momentum <= 1.0
-                    and type(ddof) is int and (ddof == 0 or ddof == 1)
-                    and not (train and N <= ddof)):
-                running_mean = bn_param.get("running_mean", _ABSENT)
-                running_var = bn_param.get("running_var", _ABSENT)
-                if running_mean is _ABSENT:
-                    running_mean = np.zeros(D, dtype)
-                if running_var is _ABSENT:
-                    running_var = np.zeros(D, dtype)
-                if (type(running_mean) is _ndarray and type(running_var) is _ndarray
-                        and running_mean.dtype is dtype and running_var.dtype is dtype
-                        and running_mean.shape == d_shape and running_var.shape == d_shape
-                        and running_mean.flags.c_contiguous and running_var.flags.c_contiguous):
-                    return x, gamma, beta, eps, ddof, train, momentum, running_mean, running_var
+    shape = _usual_arrays(x, gamma, beta, bn_param)
+    if shape is not None:
+        N, D = shape
+        mode = bn_param.get("mode")
+        eps = bn_param.get("eps", DEFAULT_EPS)
+        momentum = bn_param.get("momentum", DEFAULT_MOMENTUM)
+        ddof = bn_param.get("ddof", 0)
+        train = type(mode) is str and mode == "train"
+        if ((train or (type(mode) is str and mode == "test"))
+                and type(momentum) is float and 0.0 <= momentum <= 1.0
+                and _usual_eps_ddof(eps, ddof, N if train else 2)):  # test mode: any ddof
+            dtype = x.dtype
+            running_mean = bn_param.get("running_mean", _ABSENT)
+            running_var = bn_param.get("running_var", _ABSENT)
+            if running_mean is _ABSENT:
+                running_mean = np.zeros(D, dtype)
+            if running_var is _ABSENT:
+                running_var = np.zeros(D, dtype)
+            if (type(running_mean) is _ndarray and type(running_var) is _ndarray
+                    and running_mean.dtype is dtype and running_var.dtype is dtype
+                    and running_mean.shape == (D,) and running_var.shape == (D,)
+                    and running_mean.flags.c_contiguous and running_var.flags.c_contiguous):
+                return x, gamma, beta, eps, ddof, train, momentum, running_mean, running_var
     return batchnorm_call(x, gamma, beta, bn_param)
 
 
 def layernorm_args(x, gamma, beta, ln_param) -> tuple:
-    """(x, gamma, beta, eps, ddof) of layernorm_call, accepting the usual call (as in
-    batchnorm_args; ln_param a dict with a float eps, an int ddof below D) quickly."""
-    if (type(x) is _ndarray and type(gamma) is _ndarray and type(beta) is _ndarray
-            and type(ln_param) is dict):
-        dtype = x.dtype
-        if ((dtype is _F64 or dtype is _F32) and gamma.dtype is dtype and beta.dtype is dtype
-                and x.ndim == 2 and x.flags.c_contiguous):
-            N, D = x.shape
-            d_shape = (D,)
-            eps = ln_param.get("eps", DEFAULT_EPS)
-            ddof = ln_param.get("ddof", 0)
-            if (N > 0 and D > 0 and gamma.shape == d_shape and beta.shape == d_shape
-                    and gamma.flags.c_contiguous and beta.flags.c_contiguous
-                    and type(eps) is float and 0.0 <= eps < math.inf
-                    and type(ddof) is int and (ddof == 0 or ddof == 1) and D > ddof):
-                return x, gamma, beta, eps, ddof
+    """(x, gamma, beta, eps, ddof) of layernorm_call, accepting the usual call
+    (_usual_arrays; ln_param with a float eps, an int ddof below D) quickly."""
+    shape = _usual_arrays(x, gamma, beta, ln_param)
+    if shape is not None:
+        eps = ln_param.get("eps", DEFAULT_EPS)
+        ddof = ln_param.get("ddof", 0)
+        if _usual_eps_ddof(eps, ddof, shape[1]):
+            return x, gamma, beta, eps, ddof
     return layernorm_call(x, gamma, beta, ln_param)[:5]
 
 

@@ -204,17 +204,22 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     return out, BatchNormCache(x, stats[0], stats[1], gamma, eps, ddof, "train" if train else "test")
 
 
+def _backward_call(dout, cache, out, kind: type, forward_name: str):
+    """dout, x, gamma and the outputs of a backward: the usual call (no out=, an
+    untouched cache) after identity tests, anything else after the full checks."""
+    arrays = _usual_backward_arrays(dout, cache, kind) if out is None else None
+    if arrays is None:
+        arrays = _backward_arrays(dout, _checked_cache(cache, kind, forward_name), out)
+    return arrays
+
+
 def batchnorm_backward(dout, cache, *, out=None):
     """Batch normalization backward: the simplified closed form, fused on the compiled kernel.
 
     Returns dx (N, D), dgamma (D,), dbeta (D,). ``out=(dx, dgamma, dbeta)``
     writes into caller buffers.
     """
-    arrays = _usual_backward_arrays(dout, cache, BatchNormCache) if out is None else None
-    if arrays is None:
-        cache = _checked_cache(cache, BatchNormCache, "batchnorm_forward")
-        arrays = _backward_arrays(dout, cache, out)
-    dout, x, gamma, (dx, dgamma, dbeta) = arrays
+    dout, x, gamma, (dx, dgamma, dbeta) = _backward_call(dout, cache, out, BatchNormCache, "batchnorm_forward")
     kernel = _BN_BACKWARD_F64 if x.dtype is _F64 else _BN_BACKWARD[x.dtype]
     kernel(dout, x, cache.mean, cache.inv_std, gamma, cache.mode == "train", cache.ddof,
            dx, dgamma, dbeta, get_num_threads())
@@ -247,11 +252,7 @@ def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
 
 def layernorm_backward(dout, cache, *, out=None):
     """Layer normalization backward (compiled): dx (N, D), dgamma (D,), dbeta (D,)."""
-    arrays = _usual_backward_arrays(dout, cache, LayerNormCache) if out is None else None
-    if arrays is None:
-        cache = _checked_cache(cache, LayerNormCache, "layernorm_forward")
-        arrays = _backward_arrays(dout, cache, out)
-    dout, x, gamma, (dx, dgamma, dbeta) = arrays
+    dout, x, gamma, (dx, dgamma, dbeta) = _backward_call(dout, cache, out, LayerNormCache, "layernorm_forward")
     kernel = _LN_BACKWARD_F64 if x.dtype is _F64 else _LN_BACKWARD[x.dtype]
     kernel(dout, x, cache.mean, cache.inv_std, gamma, cache.ddof, dx, dgamma, dbeta, get_num_threads())
     return dx, dgamma, dbeta
