@@ -111,6 +111,31 @@ def test_real_hyperparameters_of_any_type_give_the_float_result(value):
     np.testing.assert_array_equal(by_type, as_float)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_matches_its_formula_bitwise_over_steps(dtype):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((7, 5)).astype(dtype)
+    config, m, v = {}, np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, 6):
+        dw = rng.standard_normal(w.shape).astype(dtype)
+        m = 0.9 * m + (1 - 0.9) * dw
+        v = 0.999 * v + (1 - 0.999) * (dw * dw)
+        expected = w - 1e-3 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        w, config = optim.adam(w, dw, config)
+        assert w.dtype == dtype and config["m"].dtype == dtype
+        np.testing.assert_array_equal(w, expected)
+        np.testing.assert_array_equal(config["m"], m)
+        np.testing.assert_array_equal(config["v"], v)
+
+
+def test_adam_with_state_of_another_dtype_follows_numpy_promotion():
+    w, dw = np.ones(4, np.float32), np.full(4, 0.5, np.float32)
+    config = {"m": np.zeros(4), "v": np.zeros(4)}  # float64 state
+    next_w, config = optim.adam(w, dw, config)
+    assert next_w.dtype == np.float64 and config["m"].dtype == np.float64
+    np.testing.assert_allclose(next_w, 1 - 1e-3, rtol=1e-6)
+
+
 @settings(max_examples=40, deadline=None)
 @given(lr=st.floats(1e-5, 1.0), g=st.floats(-1e3, 1e3).filter(lambda v: abs(v) > 1e-3))
 def test_every_rule_moves_against_the_gradient(lr, g):
