@@ -64,3 +64,18 @@ def layernorm_backward(
     dbeta: _F,                   # floating[::1] (D,) OUT
     n_threads: int,              # int
 ) -> None: ...
+def adam_update(
+    w: _F,                       # const floating[::1] (n,): every array flat, one dtype
+    dw: _F,                      # const floating[::1] (n,)
+    m: _F,                       # const floating[::1] (n,)
+    v: _F,                       # const floating[::1] (n,)
+    lr: float,                   # double; this and the rest rounded to w's dtype
+    beta1: float,                # double
+    beta2: float,                # double
+    bias1: float,                # double: 1 - beta1**t
+    bias2: float,                # double: 1 - beta2**t
+    eps: float,                  # double
+    next_w: _F,                  # floating[::1] (n,) OUT
+    m_out: _F,                   # floating[::1] (n,) OUT
+    v_out: _F,                   # floating[::1] (n,) OUT
+) -> None: ...

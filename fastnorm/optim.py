@@ -20,11 +20,16 @@ import numbers
 
 import numpy as np
 
+from ._build import load_kernels
 from ._validate import as_real_array
 
 __all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES"]
 
 _UNIT_OPEN = (0.0, 1.0)  # [0, 1) for momentum and decay rates
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_F32_MAX = float(np.finfo(np.float32).max)
+_kernels = load_kernels()
+_ADAM = {_F32: _kernels.adam_update["float"], _F64: _kernels.adam_update["double"]}
 
 
 def _check(w, dw, config, defaults: dict, state: tuple = ()):
@@ -57,7 +62,8 @@ def _check(w, dw, config, defaults: dict, state: tuple = ()):
     for key, default in defaults.items():
         config.setdefault(key, default)
     for key in state:
-        config.setdefault(key, np.zeros_like(w))
+        if key not in config:
+            config[key] = np.zeros_like(w)
     return w, dw, config
 
 
@@ -102,13 +108,38 @@ def adam(w, dw, config=None):
         raise ValueError(f"config['t'] must be a non-negative integer, got {t!r}")
     w, dw, config = _check(w, dw, config, defaults, ("m", "v"))
     b1, b2 = config["beta1"], config["beta2"]
+    lr, eps = config["learning_rate"], config["epsilon"]
     t = int(t) + 1
-    m = b1 * config["m"] + (1 - b1) * dw
-    v = b2 * config["v"] + (1 - b2) * (dw * dw)
-    m_hat = m / (1 - b1**t)
-    v_hat = v / (1 - b2**t)
+    m, v = config["m"], config["v"]
+    if _adam_compiles(w, dw, m, v, lr, b1, b2, eps):
+        next_w, m, v = np.empty_like(w), np.empty_like(w), np.empty_like(w)
+        _ADAM[w.dtype](w.reshape(-1), dw.reshape(-1), config["m"].reshape(-1),
+                       config["v"].reshape(-1), lr, b1, b2, 1 - b1**t, 1 - b2**t, eps,
+                       next_w.reshape(-1), m.reshape(-1), v.reshape(-1))
+    else:
+        m = b1 * m + (1 - b1) * dw
+        v = b2 * v + (1 - b2) * (dw * dw)
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        next_w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
     config.update(t=t, m=m, v=v)
-    return w - config["learning_rate"] * m_hat / (np.sqrt(v_hat) + config["epsilon"]), config
+    return next_w, config
+
+
+def _adam_compiles(w, dw, m, v, *hyper) -> bool:
+    """Whether the compiled sweep gives what the NumPy expressions would: exact
+    C-contiguous ndarrays of one float dtype, plain float hyperparameters that
+    float32 can hold (NumPy would promote a NumPy scalar, warn on an overflow)."""
+    dtype = w.dtype
+    if dtype is not _F32 and dtype is not _F64:
+        return False
+    for a in (w, dw, m, v):
+        if type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous:
+            return False
+    for value in hyper:
+        if type(value) is not float or (dtype is _F32 and value > _F32_MAX):
+            return False
+    return True
 
 
 UPDATE_RULES = {"sgd": sgd, "sgd_momentum": sgd_momentum, "rmsprop": rmsprop, "adam": adam}

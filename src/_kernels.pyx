@@ -8,6 +8,7 @@ from cython cimport floating
 from _parallel cimport FASTNORM_HAVE_OPENMP, FASTNORM_SOURCE_HASH, omp_get_max_threads
 from batchnorm cimport bn_forward, bn_backward
 from layernorm cimport ln_forward, ln_backward
+from optim cimport adam_step
 
 cdef extern from *:
     """
@@ -100,3 +101,14 @@ def layernorm_backward(const floating[:, ::1] dout, const floating[:, ::1] x,
     with nogil:
         status = ln_backward(dout, x, mean, inv_std, gamma, ddof, dx, dgamma, dbeta, n_threads)
     _check(status)
+
+
+def adam_update(const floating[::1] w, const floating[::1] dw, const floating[::1] m,
+                const floating[::1] v, double lr, double beta1, double beta2,
+                double bias1, double bias2, double eps, floating[::1] next_w,
+                floating[::1] m_out, floating[::1] v_out):
+    # every array flat (n,); the doubles are rounded to w's dtype here, once
+    with nogil:
+        adam_step(w, dw, m, v, <floating> lr, <floating> beta1, <floating> (1 - beta1),
+                  <floating> beta2, <floating> (1 - beta2), <floating> bias1,
+                  <floating> bias2, <floating> eps, next_w, m_out, v_out)

@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 import fastnorm as fn
 from fastnorm import optim
 
+from kernel_builds import RUNNABLE
+
 W = np.array([1.0, -2.0])
 DW = np.array([0.5, 0.25])
 
@@ -146,3 +148,62 @@ def test_every_rule_moves_against_the_gradient(lr, g):
 
 def test_exported():
     assert fn.optim.adam is optim.adam
+
+
+# ---------------------------------------------------------------- Adam's compiled sweep
+
+def adam_expressions(w, dw, m, v, lr, b1, b2, eps, t):
+    """Adam as NumPy evaluates it, written out here independently of fastnorm."""
+    m = b1 * m + (1 - b1) * dw
+    v = b2 * v + (1 - b2) * (dw * dw)
+    return w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps), m, v
+
+
+finite_or_not = st.one_of(st.floats(width=32, allow_nan=False, allow_infinity=False), st.sampled_from([np.inf, -np.inf, np.nan, 0.0, -0.0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]),
+       shape=st.sampled_from([(), (0,), (1,), (7,), (33,), (4, 9), (2, 3, 5)]),
+       lr=st.floats(0, 10), b1=st.floats(0, 1, exclude_max=True), b2=st.floats(0, 1, exclude_max=True),
+       eps=st.floats(0, 1), t=st.integers(1, 10**6), seed=st.integers(0, 2**16), odd=finite_or_not)
+def test_compiled_adam_is_bitwise_the_numpy_expressions_on_every_build(dtype, shape, lr, b1, b2, eps, t, seed, odd):
+    rng = np.random.default_rng(seed)
+    w, dw, m = ((rng.standard_normal(shape) * 10.0 ** rng.integers(-20, 20)).astype(dtype) for _ in range(3))
+    v = np.abs(rng.standard_normal(shape)).astype(dtype)
+    if dw.size:
+        dw.flat[rng.integers(dw.size)] = odd  # an extreme, zero or non-finite gradient somewhere
+    with np.errstate(all="ignore"):  # overflow, 0/0 and inf/inf are part of the test
+        expected = adam_expressions(w, dw, m, v, lr, b1, b2, eps, t)
+    for build in RUNNABLE:
+        got = [np.full(shape, 7, dtype) for _ in range(3)]
+        build.adam_update(w.reshape(-1), dw.reshape(-1), m.reshape(-1), v.reshape(-1), lr, b1, b2,
+                              1 - b1**t, 1 - b2**t, eps, *(a.reshape(-1) for a in got))
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b, strict=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_kernel_and_numpy_fallback_agree_through_the_public_rule(dtype):
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((6, 8)).astype(dtype)
+    contiguous, strided = {}, {}
+    wide = np.zeros((6, 16), dtype)
+    for _ in range(4):
+        dw = rng.standard_normal(w.shape).astype(dtype)
+        wide[:, ::2] = w  # a strided view of the same values takes the NumPy path
+        next_w, contiguous = optim.adam(w, dw, contiguous)
+        next_strided, strided = optim.adam(wide[:, ::2], dw, strided)
+        np.testing.assert_array_equal(next_w, next_strided, strict=True)
+        np.testing.assert_array_equal(contiguous["m"], strided["m"], strict=True)
+        np.testing.assert_array_equal(contiguous["v"], strided["v"], strict=True)
+        w = next_w
+
+
+def test_adam_keeps_numpy_promotion_and_warnings_off_the_kernel_path():
+    w, dw = np.ones(3, np.float32), np.full(3, 0.5, np.float32)
+    by_numpy_scalar, _ = optim.adam(w, dw, {"learning_rate": np.float64(1e-3)})
+    assert by_numpy_scalar.dtype == np.float64  # a NumPy float64 scalar promotes, as in NumPy
+    with pytest.warns(RuntimeWarning, match="overflow"):  # float32 cannot hold this rate
+        huge, _ = optim.adam(w, dw, {"learning_rate": 1e39})
+    assert huge.dtype == np.float32 and np.all(np.isneginf(huge))
