@@ -64,6 +64,7 @@ the last good state.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import os
 import pickle
@@ -76,6 +77,8 @@ from tqdm import tqdm
 from . import optim
 from ._validate import as_real_array
 from .layers import check_labels
+
+_OWN_RULES = tuple(optim.UPDATE_RULES.values())
 
 __all__ = ["Solver", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
@@ -119,7 +122,7 @@ def _check_split(data, split, model):
             f"has shape {y.shape}; they must match"
         )
     input_dim = getattr(model, "input_dim", None)
-    row = int(np.prod(X.shape[1:], dtype=np.int64))
+    row = math.prod(X.shape[1:])
     if input_dim is not None and row != input_dim:
         raise ValueError(
             f"data['X_{split}'] of shape {X.shape} has {row} values per sample, "
@@ -238,18 +241,29 @@ class Solver:
             loss, grads = self.model.loss(self.X_train[batch_mask], self.y_train[batch_mask])
             if not np.isfinite(loss):
                 raise self._diverged(f"loss is {loss}")
-            bad = [p for p in self.model.params if not np.all(np.isfinite(grads[p]))]
-            if bad:
-                raise self._diverged(f"gradient of {', '.join(bad)} is not finite")
-            updates = {p: self.update_rule(w, grads[p], self.optim_configs[p])
+            # fastnorm's rules turn a non-finite gradient into a non-finite update, so
+            # their gradients need a look only when an update is bad; a caller's rule
+            # may not, and never sees a bad gradient
+            own_rule = self.update_rule in _OWN_RULES
+            if not own_rule:
+                self._check_gradients(grads)
+            # each rule updates a copy of its state: nothing is kept unless all is finite
+            updates = {p: self.update_rule(w, grads[p], dict(self.optim_configs[p]))
                        for p, w in self.model.params.items()}
-            bad = [p for p, (next_w, _) in updates.items() if not np.all(np.isfinite(next_w))]
+            bad = [p for p, (next_w, _) in updates.items() if not np.isfinite(next_w).all()]
             if bad:
+                if own_rule:
+                    self._check_gradients(grads)
                 raise self._diverged(f"update of {', '.join(bad)} is not finite")
         self.loss_history.append(float(loss))
         for p, (next_w, next_config) in updates.items():
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
+
+    def _check_gradients(self, grads):
+        bad = [p for p in self.model.params if not np.isfinite(grads[p]).all()]
+        if bad:
+            raise self._diverged(f"gradient of {', '.join(bad)} is not finite")
 
     def _diverged(self, problem):
         """The FloatingPointError for a non-finite value at the current iteration."""

@@ -234,6 +234,56 @@ def test_non_finite_update_changes_nothing(digits):
     assert all(np.array_equal(before[k], model.params[k]) for k in before)
 
 
+class BadGradient(NaNAfter):
+    """Like NaNAfter, but from call `k` on the loss stays finite and one gradient holds `value`."""
+
+    def __init__(self, inner, k, name, value):
+        super().__init__(inner, k)
+        self.name, self.value = name, value
+
+    def loss(self, X, y=None):
+        if y is None:
+            return self.inner.loss(X)
+        self.calls += 1
+        loss, grads = self.inner.loss(X, y)
+        if self.calls >= self.k:
+            grads[self.name].flat[3] = self.value
+        return loss, grads
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradient_is_named_and_changes_nothing(digits, rule, value):
+    # fastnorm's rules are left to turn the gradient into a bad update: the error must
+    # still name the gradient, and neither parameters nor the rules' state may move
+    np.random.seed(0)
+    model = BadGradient(bn_model(), k=4, name="gamma2", value=value)
+    solver = Solver(model, small(digits), update_rule=rule, optim_config={"learning_rate": 0.0},
+                    verbose=False)
+    with pytest.raises(FloatingPointError, match=r"gradient of gamma2 is not finite at iteration 4 / 50"):
+        solver.train()
+    assert len(solver.loss_history) == 3
+    assert all(np.all(np.isfinite(v)) for v in model.params.values())
+    assert all(config.get("t", 3) == 3 for config in solver.optim_configs.values())  # adam's count
+    for config in solver.optim_configs.values():
+        assert all(np.all(np.isfinite(a)) for a in config.values() if isinstance(a, np.ndarray))
+
+
+def test_callers_rule_never_sees_a_non_finite_gradient(digits):
+    seen = []
+
+    def clipping_sgd(w, dw, config=None):  # would hide the NaN if it were called with it
+        seen.append(bool(np.all(np.isfinite(dw))))
+        return w - 1e-3 * np.nan_to_num(dw), config
+
+    np.random.seed(0)
+    model = BadGradient(bn_model(), k=2, name="W1", value=np.nan)
+    solver = Solver(model, small(digits), update_rule=clipping_sgd, verbose=False)
+    with pytest.raises(FloatingPointError, match=r"gradient of W1 is not finite at iteration 2 / 50"):
+        solver.train()
+    assert seen and all(seen)
+
+
 # ---------------------------------------------------------------- bad data, before training
 
 def bad(data, key, value):
