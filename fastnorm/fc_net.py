@@ -13,6 +13,7 @@ the compiled kernels, so the two can be timed on identical models.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -122,7 +123,7 @@ class FullyConnectedNet:
         X = as_real_array("X", X)
         if X.ndim < 2 or X.shape[0] == 0:
             raise ValueError(f"X must be (N, d_1, ..., d_k) with N >= 1, got shape {X.shape}")
-        row = int(np.prod(X.shape[1:], dtype=np.int64))
+        row = math.prod(X.shape[1:])
         if row != self.input_dim:
             raise ValueError(
                 f"X of shape {X.shape} has {row} values per sample but the model's input_dim is {self.input_dim}"
@@ -153,10 +154,11 @@ class FullyConnectedNet:
             return scores
         loss, dscores = layers.softmax_loss(scores, y)
         grads = self._backward(dscores, caches)
-        for i in range(1, self.num_layers + 1):
-            W = self.params[f"W{i}"]
-            loss += 0.5 * self.reg * float(np.sum(W * W))
-            grads[f"W{i}"] += self.reg * W
+        if self.reg:  # reg 0 adds nothing (and 0 * inf would make a NaN of an overflow)
+            for i in range(1, self.num_layers + 1):
+                W = self.params[f"W{i}"]
+                loss += 0.5 * self.reg * float(np.sum(W * W))
+                grads[f"W{i}"] += self.reg * W
         return loss, grads
 
     def _forward(self, X, drop):

@@ -16,6 +16,7 @@ The normalization functions are the compiled ones of ``fastnorm``;
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -57,7 +58,7 @@ def _check_affine(x, w, b):
             f"affine needs x (N, ...), w (D, M) and b (M,), got shapes {x.shape}, {w.shape}, {b.shape}"
         )
     D, M = w.shape
-    row = int(np.prod(x.shape[1:], dtype=np.int64))
+    row = math.prod(x.shape[1:])
     if row != D or b.shape != (M,):
         raise ValueError(
             f"affine: x of shape {x.shape} has {row} values per sample, w is {w.shape} "
