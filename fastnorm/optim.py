@@ -104,7 +104,7 @@ def adam(w, dw, config=None):
     """
     defaults = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
     t = 0 if config is None or not isinstance(config, dict) else config.get("t", 0)
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral) or t < 0:
+    if type(t) is not int and (isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral)) or t < 0:
         raise ValueError(f"config['t'] must be a non-negative integer, got {t!r}")
     w, dw, config = _check(w, dw, config, defaults, ("m", "v"))
     b1, b2 = config["beta1"], config["beta2"]
