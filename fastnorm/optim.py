@@ -112,17 +112,17 @@ def adam(w, dw, config=None):
     t = int(t) + 1
     m, v = config["m"], config["v"]
     if _adam_compiles(w, dw, m, v, lr, b1, b2, eps):
-        next_w, m, v = np.empty_like(w), np.empty_like(w), np.empty_like(w)
-        _ADAM[w.dtype](w.reshape(-1), dw.reshape(-1), config["m"].reshape(-1),
-                       config["v"].reshape(-1), lr, b1, b2, 1 - b1**t, 1 - b2**t, eps,
-                       next_w.reshape(-1), m.reshape(-1), v.reshape(-1))
+        next_w, next_m, next_v = np.empty_like(w), np.empty_like(w), np.empty_like(w)
+        _ADAM[w.dtype](w.reshape(-1), dw.reshape(-1), m.reshape(-1), v.reshape(-1),
+                       lr, b1, b2, 1 - b1**t, 1 - b2**t, eps,
+                       next_w.reshape(-1), next_m.reshape(-1), next_v.reshape(-1))
     else:
-        m = b1 * m + (1 - b1) * dw
-        v = b2 * v + (1 - b2) * (dw * dw)
-        m_hat = m / (1 - b1**t)
-        v_hat = v / (1 - b2**t)
+        next_m = b1 * m + (1 - b1) * dw
+        next_v = b2 * v + (1 - b2) * (dw * dw)
+        m_hat = next_m / (1 - b1**t)
+        v_hat = next_v / (1 - b2**t)
         next_w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
-    config.update(t=t, m=m, v=v)
+    config.update(t=t, m=next_m, v=next_v)
     return next_w, config
 
 
