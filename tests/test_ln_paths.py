@@ -1,7 +1,8 @@
-"""The layer-norm backward's splits: row groups (ROW_BLOCK = 64 rows, or half of
-fewer than 128 rows); rows up to WIDE_ROW = 8192 one by one, wider rows in
-512-column segments over a group; lane tails (16 lanes). Deterministic checks
-only (no timing)."""
+"""The layer-norm kernels' splits: row groups of the backward (ROW_BLOCK = 64
+rows, or half of fewer than 128 rows); rows up to WIDE_ROW = 8192 one by one,
+wider rows in 512-column segments over a group; lane tails (16 lanes). Both
+kernels are checked bitwise against an exact NumPy model of their order of
+operations (at the end of this file). Deterministic checks only (no timing)."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 import fastnorm as fn
 from fastnorm import _build
 from fastnorm import reference as ref
-from kernel_builds import AVX2, BASELINE, HAVE_BOTH
+from kernel_builds import AVX2, BASELINE, HAVE_BOTH, RUNNABLE
 
 # Each has more than 32768 elements, so that two threads really run (smaller
 # calls stay on one thread): half groups with and without a short last one,
@@ -127,3 +128,122 @@ def test_nonfinite_dout_stays_in_its_row_and_column(shape, dtype, bad):
     for d, c in zip(dirty[1:], clean[1:]):
         np.testing.assert_array_equal(d[cols], c[cols])
         assert not np.isfinite(d[col])
+
+
+# ---------------------------------------------------------------- exact model
+# The kernels' order of operations, in NumPy (float32 element-wise work in
+# float32, sums in double): row sums in LANES lanes, each lane adding its
+# columns j = k, k + LANES, ... in order, the last D % LANES columns in a sum of
+# their own; the lanes folded by halves, then the tail added. Column partials
+# per row group (64 rows, or half of fewer than 128), row after row, the groups
+# added in order. Any other order of additions fails the bitwise checks below.
+
+LANES = 16
+
+
+def _row_sums(terms):
+    """(N, D) float64 terms -> (N,) the kernels' row sums."""
+    N, D = terms.shape
+    body = D - D % LANES
+    lanes = np.zeros((N, LANES))
+    for j in range(0, body, LANES):
+        lanes = lanes + terms[:, j:j + LANES]
+    tail = np.zeros(N)
+    for j in range(body, D):
+        tail = tail + terms[:, j]
+    half = lanes[:, :8] + lanes[:, 8:]
+    quarter = half[:, :4] + half[:, 4:]
+    return ((quarter[:, 0] + quarter[:, 2]) + (quarter[:, 1] + quarter[:, 3])) + tail
+
+
+def exact_forward(x, gamma, beta, eps, ddof):
+    """out, mean, inv_std as the compiled forward computes them."""
+    N, D = x.shape
+    dt = x.dtype
+    x64 = x.astype(np.float64)
+    shift = _row_sums(x64) / D
+    dev_sum = np.zeros(N)
+    if dt == np.float64:
+        dev_sum = _row_sums(x64 - shift[:, None])
+    dev = x64 - shift[:, None]
+    m2 = _row_sums(dev * dev) - dev_sum * dev_sum / D
+    m2 = np.where(m2 < 0.0, 0.0, m2)
+    mean = shift + dev_sum / D
+    inv_std = 1.0 / np.sqrt(m2 / (D - ddof) + eps)
+    mu_hi = mean.astype(dt)[:, None]
+    s_f = inv_std.astype(dt)[:, None]
+    if dt == np.float64:
+        out = (x - mu_hi) * s_f * gamma + beta
+    else:
+        mu_lo = (mean - mu_hi[:, 0]).astype(dt)[:, None]
+        out = ((x - mu_hi) - mu_lo) * (s_f * gamma) + beta
+    return out, mean, inv_std
+
+
+def exact_backward(dout, x, mean, inv_std, gamma, ddof):
+    """dx, dgamma, dbeta as the compiled backward computes them."""
+    N, D = x.shape
+    dt = x.dtype
+    dy64, x64 = dout.astype(np.float64), x.astype(np.float64)
+    xc = x64 - mean[:, None]
+    g = dy64 * gamma.astype(np.float64)
+    sum_g, sum_g_xc = _row_sums(g), _row_sums(g * xc)
+    group = 64 if N >= 128 else -(-N // 2)
+    dgamma_terms = dy64 * (xc * inv_std[:, None])
+    total_dgamma = total_dbeta = None
+    for r0 in range(0, N, group):
+        part_dgamma, part_dbeta = np.zeros(D), np.zeros(D)
+        for i in range(r0, min(r0 + group, N)):
+            part_dgamma = part_dgamma + dgamma_terms[i]
+            part_dbeta = part_dbeta + dy64[i]
+        if total_dgamma is None:
+            total_dgamma, total_dbeta = part_dgamma, part_dbeta
+        else:
+            total_dgamma, total_dbeta = total_dgamma + part_dgamma, total_dbeta + part_dbeta
+    k_xc = inv_std * inv_std * sum_g_xc / (D - ddof)
+    mu_hi = mean.astype(dt)
+    shift = (sum_g / D - (mean - mu_hi) * k_xc).astype(dt)[:, None]
+    s_f = inv_std.astype(dt)[:, None]
+    dx = s_f * (dout * gamma - shift - (x - mu_hi[:, None]) * k_xc.astype(dt)[:, None])
+    return dx, total_dgamma.astype(dt), total_dbeta.astype(dt)
+
+
+# tile edges of the model: lane tails (D % 16), one row, row groups (half of
+# fewer than 128 rows, 64 from 128 on, a short last group), rows past WIDE_ROW
+MODEL_SHAPES = [(1, 5), (2, 16), (3, 17), (5, 64), (33, 63), (127, 31), (128, 33), (131, 100),
+                (70, 513), (300, 64), (3, 8193)]
+
+
+@pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", MODEL_SHAPES)
+def test_kernels_are_bitwise_the_exact_model(shape, dtype, build):
+    x, gamma, dout = _inputs(*shape, dtype, seed=shape[0] * 100 + shape[1], offset=-40.0)
+    beta = np.random.default_rng(1).standard_normal(shape[1]).astype(dtype)
+    for ddof in (0, 1):
+        if shape[1] - ddof < 1:
+            continue
+        out_want, mean, inv_std = exact_forward(x, gamma, beta, 1e-5, ddof)
+        dx_want = exact_backward(dout, x, mean, inv_std, gamma, ddof)
+        for n_threads in (1, 2):
+            out, stats = np.empty_like(x), np.empty((2, shape[0]))
+            build.layernorm_forward(x, gamma, beta, 1e-5, ddof, out, stats, n_threads)
+            np.testing.assert_array_equal(stats[0], mean)
+            np.testing.assert_array_equal(stats[1], inv_std)
+            np.testing.assert_array_equal(out, out_want)
+            got = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
+            build.layernorm_backward(dout, x, mean, inv_std, gamma, ddof, *got, n_threads)
+            for g, w, name in zip(got, dx_want, ("dx", "dgamma", "dbeta")):
+                np.testing.assert_array_equal(g, w, err_msg=f"{name} ddof={ddof} threads={n_threads}")
+
+
+def test_model_is_the_reference():
+    """The model itself: close to the float64 reference, forward and backward."""
+    x, gamma, dout = _inputs(70, 130, np.float64, seed=4)
+    beta = np.random.default_rng(2).standard_normal(130)
+    out, mean, inv_std = exact_forward(x, gamma, beta, 1e-5, 0)
+    want, cache = ref.layernorm_forward(x, gamma, beta, {})
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    for got, w in zip(exact_backward(dout, x, mean, inv_std, gamma, 0),
+                      ref.layernorm_backward(dout, cache)):
+        np.testing.assert_allclose(got, w, rtol=1e-10, atol=1e-10)
