@@ -238,8 +238,11 @@ cdef inline void _row_dx(const floating* dy, const floating* x, const floating* 
     cdef floating mu_hi = <floating> mu
     cdef floating shift = <floating> (totals[0] / D - (mu - mu_hi) * k_xc)
     cdef floating kxc = <floating> k_xc, s_f = <floating> s
-    cdef Py_ssize_t j
-    for j in range(D):
+    cdef Py_ssize_t j, k, body = D - D % LANES
+    for j in range(0, body, 16):   # 16 == LANES: one loop count and test per two vectors
+        for k in range(LANES):
+            dx[j + k] = s_f * (dy[j + k] * gamma[j + k] - shift - (x[j + k] - mu_hi) * kxc)
+    for j in range(body, D):
         dx[j] = s_f * (dy[j] * gamma[j] - shift - (x[j] - mu_hi) * kxc)
 
 
