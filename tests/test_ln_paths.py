@@ -234,7 +234,8 @@ def test_kernels_are_bitwise_the_exact_model(shape, dtype, build):
             got = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
             build.layernorm_backward(dout, x, mean, inv_std, gamma, ddof, *got, n_threads)
             for g, w, name in zip(got, dx_want, ("dx", "dgamma", "dbeta")):
-                np.testing.assert_array_equal(g, w, err_msg=f"{name} ddof={ddof} threads={n_threads}")
+                np.testing.assert_array_equal(g, w,
+                                              err_msg=f"{name} ddof={ddof} threads={n_threads}")
 
 
 def test_model_is_the_reference():
