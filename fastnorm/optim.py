@@ -127,7 +127,7 @@ def adam(w, dw, config=None):
 
 
 def _adam_compiles(w, dw, m, v, *hyper) -> bool:
-    """Whether the compiled sweep gives what the NumPy expressions would: exact
+    """Whether the compiled update gives what the NumPy expressions would: exact
     C-contiguous ndarrays of one float dtype, plain float hyperparameters that
     float32 can hold (NumPy would promote a NumPy scalar, warn on an overflow)."""
     dtype = w.dtype

@@ -1,8 +1,8 @@
-# Adam's update, one sweep over flat C-contiguous arrays, in w's dtype.
+# Adam's update in one call over flat C-contiguous arrays, in w's dtype.
 #
 # fastnorm/optim.py writes the rule as NumPy expressions; NumPy evaluates each
 # over the whole array (twelve sweeps, each a Python-level call, which on the
-# small parameters of a net costs more than the arithmetic). This loop does the
+# small parameters of a net costs more than the arithmetic). Two loops do the
 # same operations in the same order and dtype, with no contraction into fused
 # multiply-adds, so next_w, m and v are bitwise what the expressions give.
 
