@@ -12,6 +12,8 @@ import importlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCE_DIR = _PACKAGE_DIR.parent / "src"
 
@@ -37,6 +39,12 @@ def load_kernels():
     if _loaded is None:
         _loaded = _choose(_import_checked("_kernels"))
     return _loaded
+
+
+def by_dtype(fused) -> dict:
+    """The float32 and float64 specializations of a fused kernel, by dtype: calling
+    one directly skips the fused function's signature matching on every call."""
+    return {np.dtype(np.float32): fused["float"], np.dtype(np.float64): fused["double"]}
 
 
 def _choose(baseline):

@@ -19,23 +19,17 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate
-from ._build import load_kernels
+from ._build import by_dtype, load_kernels
 from ._threads import get_num_threads
 
 _kernels = load_kernels()  # the baseline or the AVX2 build, chosen once at import
 
 
-def _by_dtype(fused):
-    """The float32 and float64 specializations of a fused kernel, by dtype: calling
-    one directly skips the fused function's signature matching on every call."""
-    return {np.dtype(np.float32): fused["float"], np.dtype(np.float64): fused["double"]}
-
-
-_BN_FORWARD = _by_dtype(_kernels.batchnorm_forward)
-_BN_BACKWARD = _by_dtype(_kernels.batchnorm_backward)
-_LN_FORWARD = _by_dtype(_kernels.layernorm_forward)
-_LN_BACKWARD = _by_dtype(_kernels.layernorm_backward)
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_BN_FORWARD = by_dtype(_kernels.batchnorm_forward)
+_BN_BACKWARD = by_dtype(_kernels.batchnorm_backward)
+_LN_FORWARD = by_dtype(_kernels.layernorm_forward)
+_LN_BACKWARD = by_dtype(_kernels.layernorm_backward)
+_F32, _F64 = _validate._F32, _validate._F64
 _BN_FORWARD_F64 = _BN_FORWARD[_F64]  # float64 found by identity, before the dict lookup
 _LN_FORWARD_F64 = _LN_FORWARD[_F64]
 _BN_BACKWARD_F64 = _BN_BACKWARD[_F64]

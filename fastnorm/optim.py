@@ -20,16 +20,14 @@ import numbers
 
 import numpy as np
 
-from ._build import load_kernels
-from ._validate import as_real_array
+from ._build import by_dtype, load_kernels
+from ._validate import _F32, _F64, as_real_array
 
 __all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES"]
 
 _UNIT_OPEN = (0.0, 1.0)  # [0, 1) for momentum and decay rates
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _F32_MAX = float(np.finfo(np.float32).max)
-_kernels = load_kernels()
-_ADAM = {_F32: _kernels.adam_update["float"], _F64: _kernels.adam_update["double"]}
+_ADAM = by_dtype(load_kernels().adam_update)
 
 
 def _check(w, dw, config, defaults: dict, state: tuple = ()):
