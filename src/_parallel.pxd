@@ -5,8 +5,6 @@
 # is bitwise the same for any number of threads (the split of pytorch#88718 is
 # what this avoids).
 
-from libc.math cimport isfinite
-
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -44,24 +42,3 @@ cdef inline int threads_for(Py_ssize_t n_elements, int n_threads) noexcept nogil
     if n_elements < 32768:
         return 1
     return n_threads
-
-
-cdef inline void merge_moments(double* mean, double* m2, double n_a,
-                               const double* mean_b, const double* m2_b, double n_b,
-                               Py_ssize_t width) noexcept nogil:
-    """Fold the moments of n_b more rows into (mean, m2) of n_a rows (Chan et al.).
-
-    Equal means merge exactly, so a constant column stays exact. An infinite or
-    NaN mean follows the rule of a plain sum (inf + finite = inf, inf - inf =
-    NaN): Chan's update would give inf - inf = NaN for an infinite mean.
-    """
-    cdef Py_ssize_t j
-    cdef double n = n_a + n_b, delta
-    for j in range(width):
-        if isfinite(mean[j]) and isfinite(mean_b[j]):
-            delta = mean_b[j] - mean[j]
-            mean[j] += delta * (n_b / n)
-            m2[j] += m2_b[j] + delta * delta * (n_a * n_b / n)
-        else:
-            mean[j] += mean_b[j]
-            m2[j] += m2_b[j]

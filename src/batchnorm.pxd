@@ -15,7 +15,7 @@ from cython.parallel cimport prange
 from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport malloc, free
 
-from _parallel cimport ROW_BLOCK, COL_TILE, STRIP, n_blocks, threads_for, merge_moments
+from _parallel cimport ROW_BLOCK, COL_TILE, STRIP, n_blocks, threads_for
 
 
 cdef enum:
@@ -73,9 +73,11 @@ cdef inline void _tile_pass(const floating* x, Py_ssize_t D, Py_ssize_t n, Py_ss
 
 cdef inline void _tile_moments(const floating* x, Py_ssize_t D,
                                Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
-                               double* mean, double* m2, double* dev) noexcept nogil:
+                               double* mean, double* m2, double* base, double* dev) noexcept nogil:
     """Per-column mean and centered sum of squares of the tile x[r0:r1, c0:c1]
-    (two passes over the cache-resident tile; dev: (c1 - c0,) scratch).
+    (two passes over the cache-resident tile), and what _merge_row_blocks needs
+    of its sums: base, the first pass's mean (float64) or the plain column sum
+    (float32), and dev, the mean deviation from base (float64).
 
     float64 uses the corrected two-pass mean (a third pass sums the deviations),
     so a constant column gives its value exactly and m2 == 0. float32 sums in
@@ -87,18 +89,22 @@ cdef inline void _tile_moments(const floating* x, Py_ssize_t D,
         mean[j] = 0.0
         m2[j] = 0.0
         dev[j] = 0.0
-    _tile_pass(tile, D, n, w, mean, mean, 0)
+    _tile_pass(tile, D, n, w, mean, mean, 0)   # the column sums
     for j in range(w):
+        base[j] = mean[j]   # float32 keeps the sums
         mean[j] /= n
     if floating is double:
+        for j in range(w):
+            base[j] = mean[j]   # float64 the first pass's mean
         _tile_pass(tile, D, n, w, mean, dev, 1)
     _tile_pass(tile, D, n, w, mean, m2, 2)
     if floating is double:
         for j in range(w):
             # an infinite mean is already the answer; its deviations sum to NaN
             if isfinite(mean[j]):
-                mean[j] += dev[j] / n
                 m2[j] -= dev[j] * dev[j] / n
+                dev[j] /= n
+                mean[j] += dev[j]
     for j in range(w):
         if m2[j] < 0.0:   # round-off only; NaN stays NaN
             m2[j] = 0.0
@@ -106,39 +112,80 @@ cdef inline void _tile_moments(const floating* x, Py_ssize_t D,
 
 cdef inline void _moments_task(const floating* x, Py_ssize_t N, Py_ssize_t D,
                                Py_ssize_t n_col_tiles, Py_ssize_t t,
-                               double* part, double* part_m2, double* scratch) noexcept nogil:
+                               double* part) noexcept nogil:
     """Tile t (row block t // n_col_tiles, column tile t % n_col_tiles) into its
-    row block's partials (n_row_blocks, D)."""
+    row block's partials: part holds four (n_row_blocks, D) arrays, the blocks'
+    means, centered sums of squares, bases and mean deviations (_tile_moments)."""
     cdef Py_ssize_t rb = t // n_col_tiles, r0 = rb * ROW_BLOCK, c0 = (t % n_col_tiles) * COL_TILE
+    cdef Py_ssize_t size = n_blocks(N, ROW_BLOCK) * D, at = rb * D + c0
     _tile_moments(x, D, r0, min(r0 + ROW_BLOCK, N), c0, min(c0 + COL_TILE, D),
-                  part + rb * D + c0, part_m2 + rb * D + c0, scratch + rb * D + c0)
+                  part + at, part + size + at, part + 2 * size + at, part + 3 * size + at)
+
+
+cdef inline void _merge_row_blocks(double* mean, double* m2,   # INOUT (D,) block 0's, then all rows'
+                                   const double* part,         # IN the four arrays of _moments_task
+                                   Py_ssize_t N, Py_ssize_t D, bint from_sums,
+                                   double* anchor, double* offset) noexcept nogil:   # scratch (D,) each
+    """Fold the moments of row blocks 1, 2, ... into block 0's (Chan et al.), in block order.
+
+    Each column is merged about one anchor, block 0's mean (rounded to float32
+    when from_sums, float32 input): a block's mean enters as its offset from the
+    anchor, taken from the block's own sums (float32: (sum - n*anchor)/n, with
+    n*anchor exact; float64: (first-pass mean - anchor) + mean deviation). Block
+    means rounded to doubles would put an error of |mean|*2**-53 into every
+    difference of means, which is large beside the spread when |mean| >> std.
+    Equal blocks merge exactly (a constant column stays exact). An infinite or
+    NaN mean follows the rule of a plain sum (inf + finite = inf, inf - inf =
+    NaN): Chan's update would give inf - inf = NaN for an infinite mean."""
+    cdef Py_ssize_t size = n_blocks(N, ROW_BLOCK) * D, rb, j
+    cdef const double* base = part + 2 * size
+    cdef const double* dev = part + 3 * size
+    cdef double n_a = min(ROW_BLOCK, N), n_b, n, delta, block_offset
+    for j in range(D):
+        anchor[j] = <float> mean[j] if from_sums else base[j]
+        if from_sums:
+            offset[j] = (base[j] - n_a * anchor[j]) * (1.0 / n_a)
+        else:
+            offset[j] = dev[j]
+    for rb in range(1, n_blocks(N, ROW_BLOCK)):
+        n_b = min(ROW_BLOCK, N - rb * ROW_BLOCK)
+        n = n_a + n_b
+        for j in range(D):
+            if isfinite(mean[j]) and isfinite(part[rb * D + j]):
+                if from_sums:
+                    block_offset = (base[rb * D + j] - n_b * anchor[j]) * (1.0 / n_b)
+                else:
+                    block_offset = (base[rb * D + j] - anchor[j]) + dev[rb * D + j]
+                delta = block_offset - offset[j]
+                offset[j] += delta * (n_b / n)
+                m2[j] += part[size + rb * D + j] + delta * delta * (n_a * n_b / n)
+                mean[j] = anchor[j] + offset[j]
+            else:
+                mean[j] += part[rb * D + j]
+                m2[j] += part[size + rb * D + j]
+        n_a = n
 
 
 cdef inline int _column_moments(const floating* x, Py_ssize_t N, Py_ssize_t D,
                                 double* mean, double* m2, int n_threads) noexcept nogil:
     """mean, m2: (D,) OUT. One read of x from memory, tiles in parallel, merged in tile order."""
     cdef Py_ssize_t n_row_blocks = n_blocks(N, ROW_BLOCK), n_col_tiles = n_blocks(D, COL_TILE)
-    cdef Py_ssize_t t, rb
-    cdef double rows_done
-    cdef double* part = <double*> malloc(3 * n_row_blocks * D * sizeof(double))
+    cdef Py_ssize_t t
+    cdef double* part = <double*> malloc((4 * n_row_blocks + 2) * D * sizeof(double))
     if part == NULL:
         return -1
-    cdef double* part_m2 = part + n_row_blocks * D
-    cdef double* scratch = part + 2 * n_row_blocks * D
     if n_threads == 1:   # no OpenMP team (see threads_for)
         for t in range(n_row_blocks * n_col_tiles):
-            _moments_task(x, N, D, n_col_tiles, t, part, part_m2, scratch)
+            _moments_task(x, N, D, n_col_tiles, t, part)
     else:
         for t in prange(n_row_blocks * n_col_tiles, num_threads=n_threads, schedule='static'):
-            _moments_task(x, N, D, n_col_tiles, t, part, part_m2, scratch)
+            _moments_task(x, N, D, n_col_tiles, t, part)
     for t in range(D):
         mean[t] = part[t]
-        m2[t] = part_m2[t]
-    rows_done = min(ROW_BLOCK, N)
-    for rb in range(1, n_row_blocks):
-        merge_moments(mean, m2, rows_done, part + rb * D, part_m2 + rb * D,
-                      min(ROW_BLOCK, N - rb * ROW_BLOCK), D)
-        rows_done += min(ROW_BLOCK, N - rb * ROW_BLOCK)
+        m2[t] = part[n_row_blocks * D + t]
+    if n_row_blocks > 1:
+        _merge_row_blocks(mean, m2, part, N, D, floating is float,
+                          part + 4 * n_row_blocks * D, part + (4 * n_row_blocks + 1) * D)
     free(part)
     return 0
 

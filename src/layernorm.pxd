@@ -11,7 +11,7 @@
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport isfinite, sqrt
 from libc.stdlib cimport malloc, free
 
 from _parallel cimport ROW_BLOCK, COL_TILE, LANES, n_blocks, threads_for
@@ -101,7 +101,7 @@ cdef inline double _row_moments(const floating* row, Py_ssize_t D, double row_su
     already."""
     cdef double shift = row_sum / D
     cdef double dev_sum = 0.0
-    if floating is double:
+    if floating is double and isfinite(shift):   # an infinite mean is already the answer
         dev_sum = _row_dev_sum(row, D, shift)
     cdef double m2 = _row_dev_sq(row, D, shift) - dev_sum * dev_sum / D
     if m2 < 0.0:   # round-off only; NaN stays NaN

@@ -162,6 +162,30 @@ def test_large_offset_no_worse_than_torch(dtype, offset, kind):
         assert e_ours <= max(e_torch, floor), f"{name}: fastnorm {e_ours:.3e} vs torch {e_torch:.3e}"
 
 
+@pytest.mark.parametrize("N", [65, 1024])   # two row blocks (the second of one row), sixteen
+@pytest.mark.parametrize("dtype,offset", [(np.float32, 1e6), (np.float64, 1e7), (np.float64, 1e12)])
+def test_batchnorm_statistics_across_row_blocks(dtype, offset, N):
+    """The cached mean and inv_std and the running variance stay within a few
+    float64 ulps of the exact ones when the kernel merges row blocks of a column
+    with a large offset (block means rounded to doubles once cost up to 1e6 ulps)."""
+    rng = np.random.default_rng(7)
+    x = (offset + rng.standard_normal((N, 8))).astype(dtype)
+    bn_param = {"mode": "train", "momentum": 0.0}
+    _, cache = fn.batchnorm_forward(x, np.ones(8, dtype), np.zeros(8, dtype), bn_param)
+    xf = _to_fraction(x.astype(np.float64))
+    mean = xf.sum(axis=0) / N
+    var = ((xf - mean) ** 2).sum(axis=0) / N
+    exact_mean, exact_var = _to_ld(mean), _to_ld(var)
+    exact_inv_std = 1 / np.sqrt(exact_var + LD(1e-5))
+    ulp = np.finfo(np.float64).eps
+    assert np.max(np.abs(cache.mean - exact_mean) / exact_mean) <= 2 * ulp
+    assert np.max(np.abs(cache.inv_std - exact_inv_std) / exact_inv_std) <= 8 * ulp
+    # stored in x's dtype: within a rounding of that dtype, or a few float64 ulps
+    running_var = np.asarray(bn_param["running_var"], dtype=LD)
+    bound = max(np.finfo(dtype).eps, 4 * ulp)
+    assert np.max(np.abs(running_var - exact_var) / exact_var) <= bound
+
+
 def test_exact_reference_catches_naive_variance():
     """The oracle itself: the E[x^2] - E[x]^2 formula in float64 must fail the
     float64 bound at offset 1e8 (otherwise the bound tests could not fail)."""
@@ -325,6 +349,8 @@ def test_layernorm_nonfinite_row_is_isolated(dtype, bad):
     out_d, cache_d = fn.layernorm_forward(dirty, gamma, beta, {})
     np.testing.assert_array_equal(out_d[others], out_c[others])
     assert np.isnan(out_d[70]).all()
+    # the row's cached mean is what a plain sum gives, in both dtypes: inf stays inf
+    np.testing.assert_array_equal(cache_d.mean[70], bad)
     dx_c = fn.layernorm_backward(dout, cache_c)[0]
     dx_d = fn.layernorm_backward(dout, cache_d)[0]
     np.testing.assert_array_equal(dx_d[others], dx_c[others])
