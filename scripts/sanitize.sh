@@ -33,6 +33,12 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/fastnorm-$mode.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 
+if ! python -c "import Cython, setuptools" 2>/dev/null; then
+    echo "sanitize.sh: the build needs Cython and setuptools in this Python:" \
+         "pip install -e '.[dev]' (or pip install 'Cython>=3.1' 'setuptools>=64')" >&2
+    exit 2
+fi
+
 cd "$repo"
 git ls-files -z --cached --others --exclude-standard \
     | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
