@@ -88,7 +88,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                         help=f"folder for the table, JSON and PNG (default {DEFAULT_OUT}/)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none either when stderr is not a terminal)")
     parser.add_argument("--check", action="store_true", help="exit with 1 when a target is missed")
     parser.set_defaults(func=run)
 
@@ -157,7 +158,7 @@ def measure(args):
     copy_bytes, copy_samples = _copy_bandwidth(settings["repeat"], args.clock)
     plan = runner.Plan(settings["repeat"], settings["min_time_s"], settings["budget_s"], args.clock)
     cells = runner.run_cells(cases, settings["threads"], _roles_of(args.vs_torch, with_torch), plan,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress and sys.stderr.isatty())
     copy_samples += _copy_bandwidth(settings["repeat"], args.clock)[1]
     copy_gbps = timing.gb_per_s(2 * copy_bytes, statistics.median(copy_samples))
     verdicts = (targets.check_vs_torch(cells, copy_gbps) if args.vs_torch else targets.check_bench(cells))
@@ -168,7 +169,10 @@ def measure(args):
 def run(args) -> int:
     from . import report, torch_anchor
 
-    if args.vs_torch and (args.no_torch or not torch_anchor.available()):
+    if args.vs_torch and args.no_torch:
+        print("fastnorm bench: --vs-torch and --no-torch exclude each other", file=sys.stderr)
+        return 2
+    if args.vs_torch and not torch_anchor.available():
         print("fastnorm bench --vs-torch needs PyTorch: pip install torch==2.13.0", file=sys.stderr)
         return 2
     started = time.perf_counter()

@@ -63,6 +63,7 @@ def load_average() -> float | None:
 def describe(torch_version: str | None, load_before: float | None = None) -> dict:
     """Everything a reader needs to place the numbers."""
     import fastnorm
+    from fastnorm._build import load_kernels
 
     return {
         "load_average_before": load_before,
@@ -74,15 +75,17 @@ def describe(torch_version: str | None, load_before: float | None = None) -> dic
         "torch": torch_version,
         "fastnorm": fastnorm.__version__,
         "openmp": fastnorm.openmp_enabled(),
+        "kernels": "AVX2" if load_kernels().__name__.endswith("_avx2") else "baseline",
     }
 
 
 def one_line(info: dict) -> str:
-    """'AMD EPYC, 2 cores, numpy 2.4.6, torch 2.13.0+cpu, fastnorm 0.1.0 (OpenMP)'."""
+    """'AMD EPYC, 2 cores, numpy 2.4.6, torch 2.13.0+cpu, fastnorm 0.1.0 (OpenMP, AVX2 kernels)'."""
     torch = f"torch {info['torch']}" if info["torch"] else "no torch"
     openmp = "OpenMP" if info["openmp"] else "serial build"
+    kernels = f", {info['kernels']} kernels" if info.get("kernels") else ""
     return (f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, numpy {info['numpy']}, "
-            f"{torch}, fastnorm {info['fastnorm']} ({openmp})")
+            f"{torch}, fastnorm {info['fastnorm']} ({openmp}{kernels})")
 
 
 def load_note(info: dict) -> str | None:

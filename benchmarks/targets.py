@@ -1,4 +1,4 @@
-"""The speed targets of issues 2 and 5, checked on a run's cells.
+"""fastnorm's speed targets, checked on a run's cells.
 
 Each check appends a short tag to the `misses` of every cell that misses it
 and returns a Verdict for the summary. Targets live here, in the benchmark's
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from .suite import NOTEBOOK_SHAPE, OVERHEAD_SHAPE
 
-# issue 2
+# fastnorm bench
 GRAPH_SPEEDUP_BENCH = 20.0
 SIMPLIFIED_SPEEDUP = 3.0
-# issue 5
+# fastnorm bench --vs-torch
 GRAPH_SPEEDUP_VS_TORCH = 30.0
 COPY_FRACTION = 0.60
 
@@ -82,7 +82,7 @@ def _at_least(role: str, factor: float):
 
 
 def check_bench(cells) -> list[Verdict]:
-    """Issue 2's bar."""
+    """The targets of `fastnorm bench` (against the NumPy reference)."""
     notebook = f"bn backward {NOTEBOOK_SHAPE} float64: fused >="
     return [
         _check(cells, f"{notebook} {GRAPH_SPEEDUP_BENCH:g}x faster than the graph backward", "graph",
@@ -96,7 +96,7 @@ def check_bench(cells) -> list[Verdict]:
 
 
 def check_vs_torch(cells, copy_gbps: float) -> list[Verdict]:
-    """Issue 5's targets."""
+    """The targets of `fastnorm bench --vs-torch`."""
     def large(cell) -> bool:
         return cell.case.is_large
 
