@@ -260,3 +260,14 @@ def test_speedup_paragraph_splits_off_the_baseline_cost():
     assert "normalization cost 2.00 s per model on the reference and 0.50 s on the compiled kernels " \
            "(the normalization itself 4.00x faster)" in text
     assert "could not make these models more than 3.00x faster end to end" in text
+
+
+def test_quick_label_only_where_quick_changes_the_settings(monkeypatch):
+    monkeypatch.setattr(configs, "QUICK_CHANGES", {"bn-vs-baseline": {}, "weight-scale": {"num_epochs": 1}})
+
+    def record(name, quick):
+        return {"experiment": name, "settings": {"quick": quick}}
+
+    assert not configs.ran_quick(record("bn-vs-baseline", True))  # the notebook's settings
+    assert configs.ran_quick(record("weight-scale", True))
+    assert not configs.ran_quick(record("weight-scale", False))

@@ -86,6 +86,12 @@ QUICK_CHANGES: dict[str, dict] = {
 NOTEBOOK: dict[str, ExperimentConfig] = _notebook()
 
 
+def ran_quick(record: dict) -> bool:
+    """Whether an experiment record's settings are --quick ones: --quick leaves
+    some experiments (bn-vs-baseline) as the notebook has them."""
+    return bool(record["settings"]["quick"] and QUICK_CHANGES.get(record["experiment"]))
+
+
 def get_config(name: str, quick: bool = False) -> ExperimentConfig:
     """The notebook's settings of experiment `name`, or the --quick ones."""
     if name not in NOTEBOOK:

@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .configs import ran_quick
+
 NORM_TITLES = {"batchnorm": "Batch Normalization", "layernorm": "Layer Normalization"}
 
 
@@ -35,7 +37,7 @@ def plot_experiment(record: dict, path: Path) -> Path:
 
 def _caption(record: dict) -> str:
     s = record["settings"]
-    quick = ", --quick" if s["quick"] else ""
+    quick = ", --quick" if ran_quick(record) else ""
     return (f"{record['experiment']}: {s['dataset']}, {s['num_train']} training samples, "
             f"seed {s['seed']}, {primary_run(record)['kernels']} kernels{quick}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .configs import ran_quick
 from .plots import primary_run
 
 DRIFT = 1e-3  # loss difference at which two runs count as apart
@@ -114,7 +115,7 @@ def _timing(records: list[dict]) -> list[str]:
         ratios = ["-", "-"]
         if "-" not in times:
             ratios = [f"{_ratio(runs, lambda m: True):.2f}x", f"{_ratio(runs, _normalized):.2f}x"]
-        lines.append(f"| {r['experiment']} | {'--quick' if s['quick'] else 'notebook'} "
+        lines.append(f"| {r['experiment']} | {'--quick' if ran_quick(r) else 'notebook'} "
                      f"| {len(primary_run(r)['models'])} | {s['num_epochs']} "
                      f"| {times[0]} | {times[1]} | {ratios[0]} | {ratios[1]} | {r['elapsed_s']:.1f} |")
     return lines + ["", "Kernel columns: training time summed over the experiment's models. Speed-up: "
@@ -222,7 +223,7 @@ def _section(record: dict, by_name: dict) -> list[str]:
              f"Hidden layers {list(s['hidden_dims'])}, {s['update_rule']} with learning rate "
              f"{s['learning_rate']:.2g}, {s['num_epochs']} epochs on {s['num_train']} training samples "
              f"of {s['dataset']}, seed {s['seed']} "
-             f"({'--quick settings' if s['quick'] else 'the notebook settings'}).", ""]
+             f"({'--quick settings' if ran_quick(record) else 'the notebook settings'}).", ""]
     body = {"bn-vs-baseline": _bn_vs_baseline, "weight-scale": _weight_scale,
             "batch-size": _batch_size, "layernorm-batch-size": _batch_size}[name]
     return lines + body(record, by_name) + [""]
