@@ -210,6 +210,9 @@ def _chart_series(run: Run) -> list[tuple[str, Callable]]:
             for role in present for t in thread_counts]
 
 
+CHART_MAX_SPEEDUP = 100.0  # the axis ends here; a noisy outlier would squash every other bar
+
+
 def write_chart(run: Run, path: Path) -> None:
     """Horizontal bars of fastnorm's speedup per case (log scale), a line at 1x."""
     import matplotlib
@@ -217,16 +220,30 @@ def write_chart(run: Run, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     grouped = _by_case(run.cells)
     labels = [f"{OP_LABELS[c.op]} {c.shape_text} f{c.dtype[5:]}" for c in grouped]
     series = _chart_series(run)
     height = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.28 * len(labels) * max(1, len(series) / 2)))
+    longest = 1.0
     for k, (label, speedup_of) in enumerate(series):
         values = [_first([speedup_of(c) for c in by_t.values()]) for by_t in grouped.values()]
         bars = [(i + k * height, v) for i, v in enumerate(values) if v]  # a log axis has no 0
-        ax.barh([y for y, _ in bars], [v for _, v in bars], height=height, label=label)
+        ax.barh([y for y, _ in bars], [min(v, CHART_MAX_SPEEDUP) for _, v in bars], height=height,
+                label=label)
+        for y, v in bars:  # a bar cut at the axis's end says its value
+            if v > CHART_MAX_SPEEDUP:
+                ax.text(CHART_MAX_SPEEDUP, y, f" {v:.0f}x", va="center", ha="right", fontsize=6)
+        longest = max([longest] + [v for _, v in bars])
     ax.set_xscale("log")
+    ax.set_xlim(right=min(longest, CHART_MAX_SPEEDUP) * 1.15)
+    # ticks at 1, 2, 5 x 10^k, labelled: a bare log axis labels only the decades
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(axis="x", which="major", linewidth=0.3, alpha=0.5)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(labels))], labels, fontsize=7)
     ax.set_ylim(len(labels) - 0.1, -0.3)  # first case on top, no empty margins
