@@ -18,6 +18,11 @@ _kernels = load_kernels()
 
 _n_threads: int | None = None
 
+# OpenMP starts every thread it is asked for: tens of thousands of them exhaust
+# the process and libgomp aborts or the process crashes (and past C int the
+# kernel call fails). More than this many threads is never useful for these kernels.
+MAX_THREADS = 1024
+
 
 def openmp_enabled() -> bool:
     """True when the installed build runs its kernels with OpenMP threads."""
@@ -32,8 +37,10 @@ def get_num_threads() -> int:
 def set_num_threads(n: int | None) -> None:
     """Use n threads in every kernel from now on; None restores OpenMP's default."""
     global _n_threads
-    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
-        raise ValueError(f"the thread count must be a positive integer or None, got {n!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral)
+                          or not 1 <= n <= MAX_THREADS):
+        raise ValueError(
+            f"the thread count must be a positive integer up to {MAX_THREADS}, or None; got {n!r}")
     _n_threads = None if n is None else int(n)
 
 

@@ -341,6 +341,17 @@ def test_thread_settings():
             fn.set_num_threads(bad)
 
 
+def test_thread_counts_openmp_cannot_start_are_refused():
+    # 100000 crashed the process at the next large call, 2**31 made every call an OverflowError
+    with fn.num_threads(2):
+        for bad in (fn._threads.MAX_THREADS + 1, 100_000, 2**31, np.int64(2**40)):
+            with pytest.raises(ValueError, match="up to 1024"):
+                fn.set_num_threads(bad)
+            assert fn.get_num_threads() == 2
+        fn.set_num_threads(fn._threads.MAX_THREADS)
+        assert fn.get_num_threads() == fn._threads.MAX_THREADS
+
+
 SHAPES_ACROSS_SPLITS = [(100, 500), (300, 1100), (4096, 64), (8, 20000), (1000, 1)]
 
 
