@@ -68,17 +68,30 @@ def compute_dtype(*arrays: np.ndarray) -> np.dtype:
     return dtype
 
 
+def finite_float(value) -> float | None:
+    """`value` as a float when it is a finite real number (not a bool), else None.
+    An int too large for a float (10**400) is not finite."""
+    if type(value) is not float:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            return None
+        try:
+            value = float(value)
+        except OverflowError:
+            return None
+    return value if math.isfinite(value) else None
+
+
 def real_in_range(name: str, value, low, high=math.inf, low_open=False) -> float:
     """`value` as a float, checked to be a finite real (not a bool) in [low, high]
     (or (low, high] with low_open)."""
     if type(value) is not float and (isinstance(value, (bool, np.bool_))
                                      or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+    number = finite_float(value)
+    if number is None or number < low or number > high or (low_open and number == low):
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
         raise ValueError(f"{name} must be finite and in {bounds}, got {value!r}")
-    return value
+    return number
 
 
 def _real_scalar(params: dict, pname: str, key: str, default, low, high, low_open=False):

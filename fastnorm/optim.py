@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 from ._build import by_dtype, load_kernels
-from ._validate import _F32, _F64, as_real_array
+from ._validate import _F32, _F64, as_real_array, finite_float
 
 __all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "UPDATE_RULES"]
 
@@ -43,9 +43,7 @@ def _check(w, dw, config, defaults: dict, state: tuple = ()):
     for key, default in defaults.items():
         value = config.get(key, default)
         # a plain float is the usual case: one type test and math.isfinite, not ABC checks
-        if not (type(value) is float and math.isfinite(value)) and (
-                isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
-                or not np.isfinite(value)):
+        if not (type(value) is float and math.isfinite(value)) and finite_float(value) is None:
             raise ValueError(f"config['{key}'] must be a finite number, got {value!r}")
         if key in ("momentum", "decay_rate", "beta1", "beta2") and not _UNIT_OPEN[0] <= value < _UNIT_OPEN[1]:
             raise ValueError(f"config['{key}'] must be in [0, 1), got {value!r}")

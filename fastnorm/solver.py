@@ -75,7 +75,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import optim
-from ._validate import as_real_array
+from ._validate import as_real_array, finite_float
 from .layers import check_labels
 
 _OWN_RULES = tuple(optim.UPDATE_RULES.values())
@@ -183,8 +183,7 @@ class Solver:
             update_rule(np.zeros(1), np.zeros(1), {k: v for k, v in optim_config.items()
                                                    if not isinstance(v, np.ndarray)})
         lr_decay = opts["lr_decay"]
-        if isinstance(lr_decay, bool) or not isinstance(lr_decay, numbers.Real) or not (
-                np.isfinite(lr_decay) and lr_decay > 0):
+        if not ((finite_float(lr_decay) or 0) > 0):
             raise ValueError(f"lr_decay must be a finite number > 0, got {lr_decay!r}")
         name = opts["checkpoint_name"]
         if name is not None and not isinstance(name, (str, os.PathLike)):

@@ -87,6 +87,7 @@ def test_non_real_dtypes_are_type_errors(forward, params, bad):
     ({"mode": None}, r"must be 'train' or 'test'"),
     ({"mode": "train", "eps": -1e-5}, r"bn_param\['eps'\] must be finite and in"),
     ({"mode": "train", "eps": float("nan")}, r"bn_param\['eps'\]"),
+    ({"mode": "train", "eps": 10**400}, r"bn_param\['eps'\] must be finite"),  # was an unnamed OverflowError
     ({"mode": "train", "momentum": 1.5}, r"bn_param\['momentum'\] must be finite and in \[0.0, 1.0\]"),
     ({"mode": "train", "ddof": 2}, r"bn_param\['ddof'\] must be 0 or 1"),
     ({"mode": "train", "ddof": True}, r"bn_param\['ddof'\] must be 0 or 1"),

@@ -235,6 +235,8 @@ def test_bad_constructor_arguments():
         FullyConnectedNet([5], dtype=np.int32)
     with pytest.raises(ValueError, match="reg"):
         FullyConnectedNet([5], reg=-1)
+    with pytest.raises(ValueError, match="reg must be finite"):  # was an unnamed OverflowError
+        FullyConnectedNet([5], reg=10**400)
 
 
 def test_bad_loss_inputs_name_shapes_and_change_nothing():

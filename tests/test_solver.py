@@ -316,6 +316,9 @@ def test_unknown_keyword_and_rule(digits):
         Solver(bn_model(), small(digits), batch_size=0)
     with pytest.raises(ValueError, match="beta1"):
         Solver(bn_model(), small(digits), update_rule="adam", optim_config={"beta1": 2})
+    for lr_decay in (0, float("nan"), True, 10**400):  # 10**400 was NumPy's isfinite TypeError
+        with pytest.raises(ValueError, match="lr_decay must be a finite number > 0"):
+            Solver(bn_model(), small(digits), lr_decay=lr_decay)
 
 
 def test_defaults_are_the_notebooks(digits):
