@@ -100,6 +100,9 @@ _DEFAULTS = {
 }
 _SETTINGS = ("optim_config", "lr_decay", "batch_size", "num_epochs", "num_train_samples",
              "num_val_samples", "checkpoint_name", "print_every", "verbose")
+_STATE_KEYS = ("model", "update_rule", "optim_configs", "epoch", "iteration", "loss_history",
+               "train_acc_history", "val_acc_history", "best_val_acc", "best_params", "rng_state",
+               *_SETTINGS)  # what checkpoint_state writes
 
 
 def _int_at_least(name, value, low, allow_none=False):
@@ -277,7 +280,13 @@ class Solver:
 
         With num_samples < N, a random subsample (np.random.choice) of that size is used.
         """
-        X, y = np.asarray(X), np.asarray(y)
+        X, y = as_real_array("X", X), np.asarray(y)
+        if X.ndim < 2 or X.shape[0] == 0 or y.shape != (X.shape[0],):
+            # a (1,) or scalar y would broadcast against every prediction
+            raise ValueError(f"check_accuracy needs X (N, ...) with N >= 1 and y (N,), "
+                             f"got shapes {X.shape} and {y.shape}")
+        num_samples = _int_at_least("num_samples", num_samples, 1, allow_none=True)
+        batch_size = _int_at_least("batch_size", batch_size, 1)
         N = X.shape[0]
         if num_samples is not None and N > num_samples:
             mask = np.random.choice(N, num_samples)
@@ -306,6 +315,10 @@ class Solver:
 
     def train(self):
         """Run the remaining iterations, then put the best-validation parameters into the model."""
+        name = self.checkpoint_name
+        if name is not None and not os.path.isdir(os.path.dirname(os.path.abspath(name))):
+            # else the first checkpoint fails, on a temporary file's name, after an update
+            raise FileNotFoundError(f"the folder of checkpoint_name {name!r} does not exist")
         if self._pending_rng_state is not None:
             np.random.set_state(self._pending_rng_state)
             self._pending_rng_state = None
@@ -416,6 +429,11 @@ class Solver:
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{origin} has checkpoint version {state.get('version')}, "
                              f"this fastnorm reads version {CHECKPOINT_VERSION}")
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"{origin} is incomplete: it has no {', '.join(missing)}")
+        if not isinstance(getattr(state["model"], "params", None), dict):
+            raise ValueError(f"{origin} holds no model with a params dict")
 
     @classmethod
     def from_checkpoint(cls, path, data, **kwargs):

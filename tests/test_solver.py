@@ -78,6 +78,23 @@ def test_check_accuracy_in_batches_matches_direct(digits):
     assert solver.check_accuracy(X, y, batch_size=1000) == pytest.approx(direct)
 
 
+def test_check_accuracy_refuses_bad_arguments(digits):
+    solver = Solver(bn_model(), small(digits), verbose=False)
+    X, y = digits["X_val"][:20], digits["y_val"][:20]
+    # a (1,) y broadcast against the 20 predictions: a wrong accuracy, no error
+    with pytest.raises(ValueError, match=r"y \(N,\), got shapes \(20, 1, 8, 8\) and \(1,\)"):
+        solver.check_accuracy(X, y[:1])
+    with pytest.raises(ValueError, match=r"got shapes \(20, 1, 8, 8\) and \(5,\)"):
+        solver.check_accuracy(X, y[:5])
+    with pytest.raises(ValueError, match=r"N >= 1"):  # was "need at least one array to concatenate"
+        solver.check_accuracy(X[:0], y[:0])
+    for bad in (0, -1, 2.5):  # were ZeroDivisionError, a concatenate error, a TypeError
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            solver.check_accuracy(X, y, batch_size=bad)
+        with pytest.raises(ValueError, match="num_samples must be an integer >= 1 or None"):
+            solver.check_accuracy(X, y, num_samples=bad)
+
+
 def test_progress_bar_on_stderr_and_quiet_stdout(digits, capsys):
     solver = Solver(bn_model(), small(digits), num_epochs=1, verbose=False, progress=True)
     solver.train()
@@ -175,6 +192,35 @@ def test_load_checkpoint_errors(tmp_path):
     (tmp_path / "other.pkl").write_bytes(pickle.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a fastnorm Solver checkpoint"):
         Solver.load_checkpoint(tmp_path / "other.pkl")
+
+
+def test_incomplete_checkpoint_is_named_not_a_key_error(digits, tmp_path):
+    solver = Solver(bn_model(), small(digits), verbose=False)
+    state = solver.checkpoint_state()
+    header = {"format": fn.solver.CHECKPOINT_FORMAT, "version": fn.solver.CHECKPOINT_VERSION}
+    (tmp_path / "header.pkl").write_bytes(pickle.dumps(header))
+    with pytest.raises(ValueError, match="header.pkl is incomplete: it has no model, update_rule"):
+        Solver.from_checkpoint(tmp_path / "header.pkl", small(digits))  # was KeyError: 'optim_config'
+    with pytest.raises(ValueError, match="incomplete: it has no best_params$"):
+        solver.restore({k: v for k, v in state.items() if k != "best_params"})
+    with pytest.raises(ValueError, match="no model with a params dict"):
+        solver.restore({**state, "model": None})  # was AttributeError on None.params
+    assert solver.iteration == 0 and solver.loss_history == []
+
+
+def test_checkpoint_folder_must_exist_when_training_starts(digits, tmp_path):
+    model = bn_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+    solver = Solver(model, small(digits), num_epochs=1, verbose=False,
+                    checkpoint_name=str(tmp_path / "nowhere" / "run"))
+    # was a FileNotFoundError naming a .tmp file at the first checkpoint, after one update
+    with pytest.raises(FileNotFoundError, match="folder of checkpoint_name .*nowhere/run"):
+        solver.train()
+    assert all(np.array_equal(before[k], model.params[k]) for k in before)
+    assert solver.iteration == 0 and solver.loss_history == []
+    (tmp_path / "nowhere").mkdir()  # the folder may be made after the Solver
+    solver.train()
+    assert os.path.exists(tmp_path / "nowhere" / "run_epoch_1.pkl")
 
 
 class NaNAfter:
