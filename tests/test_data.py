@@ -95,6 +95,8 @@ def test_get_cifar10_data_split_and_mean(cifar_dir, batches):
     single = fn.data.get_CIFAR10_data(50, 8, 6, root=cifar_dir, dtype=np.float32)
     assert single["X_val"].dtype == np.float32 and single["X_val"].flags.c_contiguous
     np.testing.assert_allclose(single["X_val"], raw[50:58] - mean, atol=1e-4)
+    with pytest.raises(TypeError, match="float dtype with subtract_mean, got uint8"):
+        fn.data.get_CIFAR10_data(50, 8, 6, root=cifar_dir, dtype=np.uint8)  # wrapped below zero
 
 
 def test_cifar10_defaults_need_the_full_dataset(cifar_dir):
@@ -257,3 +259,14 @@ def test_digits_custom_split_and_limits(digits_raw):
         fn.data.get_digits_data(1500, 200, 100)
     with pytest.raises(ValueError, match="num_training"):
         fn.data.get_digits_data(0)
+
+
+def test_dtype_that_cannot_hold_the_centred_pixels_is_refused(digits_raw):
+    # uint8 wrapped below zero, int64 truncated the mean: silently wrong pixels
+    for dtype in (np.uint8, np.int64, np.complex128, object):
+        with pytest.raises(TypeError, match="dtype must be a float dtype with subtract_mean"):
+            fn.data.get_digits_data(dtype=dtype)
+    raw = fn.data.get_digits_data(100, 0, 0, subtract_mean=False, dtype=np.uint8)
+    np.testing.assert_array_equal(raw["X_train"][:, 0], digits_raw[0][:100])
+    with pytest.raises(TypeError, match=r"real \(float or integer\) dtype, got complex128"):
+        fn.data.get_digits_data(subtract_mean=False, dtype=np.complex128)

@@ -13,6 +13,16 @@ def check_count(name: str, value, low: int = 0) -> int:
     return int(value)
 
 
+def check_dtype(dtype, subtract_mean) -> np.dtype:
+    """The X dtype: a real one, and floating when the mean is subtracted (in place:
+    integers would truncate the mean, unsigned ones wrap around below zero)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "fiu" or (subtract_mean and dtype.kind != "f"):
+        need = "a float dtype" if subtract_mean else "a real (float or integer) dtype"
+        raise TypeError(f"dtype must be {need}{' with subtract_mean' if subtract_mean else ''}, got {dtype}")
+    return dtype
+
+
 def split(X_train, y_train, X_test, y_test, num_training, num_validation, num_test, subtract_mean,
           source: str, dtype=np.float64) -> dict:
     """The notebook's dict from channels-first arrays (any real dtype, e.g. uint8 pixels).
@@ -22,6 +32,7 @@ def split(X_train, y_train, X_test, y_test, num_training, num_validation, num_te
     subtract_mean the mean image of the training split (computed in float64)
     is subtracted from all three. X_* are new C-contiguous arrays of `dtype`.
     """
+    dtype = check_dtype(dtype, subtract_mean)
     num_training = check_count("num_training", num_training, 1)
     num_validation = check_count("num_validation", num_validation)
     num_test = check_count("num_test", num_test)

@@ -14,7 +14,7 @@ import pickle
 
 import numpy as np
 
-from ._split import split
+from ._split import check_dtype, split
 
 __all__ = ["load_CIFAR10", "load_CIFAR_batch", "get_CIFAR10_data", "default_data_dir", "default_cifar10_dir",
            "TRAIN_BATCHES", "TEST_BATCH", "FOLDER"]
@@ -106,6 +106,7 @@ def get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=1000, sub
     (n, 3, 32, 32) of `dtype` (float32 halves the memory), y_* int64.
     `root` defaults to default_cifar10_dir().
     """
+    check_dtype(dtype, subtract_mean)  # before reading 180 MB
     root = default_cifar10_dir() if root is None else root
     Xtr, ytr, Xte, yte = _read_all(root)  # uint8 until the split: a quarter of float64's memory
     return split(Xtr, ytr, Xte, yte, num_training, num_validation, num_test, subtract_mean,

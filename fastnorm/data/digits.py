@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._split import check_count, split
+from ._split import check_count, check_dtype, split
 
 NUM_SAMPLES = 1797
 
@@ -25,6 +25,7 @@ def get_digits_data(num_training=1297, num_validation=250, num_test=250, subtrac
     """
     from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
 
+    check_dtype(dtype, subtract_mean)
     num_training = check_count("num_training", num_training, 1)
     num_validation = check_count("num_validation", num_validation)
     num_test = check_count("num_test", num_test)
