@@ -74,7 +74,7 @@ def affine_forward(x, w, b):
     Returns out (N, M) and cache (x, w, b).
     """
     x, w, b = _check_affine(x, w, b)
-    out = x.reshape(x.shape[0], -1) @ w + b
+    out = x.reshape(x.shape[0], w.shape[0]) @ w + b  # not -1: NumPy cannot infer it for N = 0
     return out, (x, w, b)
 
 
@@ -85,7 +85,7 @@ def affine_backward(dout, cache):
     if dout.shape != (x.shape[0], w.shape[1]):
         raise ValueError(f"dout must have shape (N, M) = {(x.shape[0], w.shape[1])}, got {dout.shape}")
     dx = (dout @ w.T).reshape(x.shape)
-    dw = x.reshape(x.shape[0], -1).T @ dout
+    dw = x.reshape(x.shape[0], w.shape[0]).T @ dout
     db = dout.sum(axis=0)
     return dx, dw, db
 
@@ -118,6 +118,9 @@ def _check_dropout_param(dropout_param):
     p = dropout_param.get("p")
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
         raise ValueError(f"dropout_param['p'] is the keep probability, a number in (0, 1], got {p!r}")
+    seed = dropout_param.get("seed")
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ValueError(f"dropout_param['seed'] must be None or a non-negative integer, got {seed!r}")
     rng = dropout_param.get("rng")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"dropout_param['rng'] must be a numpy Generator, got {type(rng).__name__}")
@@ -171,18 +174,15 @@ def check_labels(y, n_samples: int, num_classes: int, name: str = "y") -> np.nda
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n_samples:
         raise ValueError(f"{name} must have shape ({n_samples},) to match the scores/inputs, got {y.shape}")
-    if y.dtype.kind not in "iu":
-        if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        elif y.size:
-            raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-        else:
-            y = y.astype(np.int64)
+    whole_floats = y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+    if y.dtype.kind not in "iu" and y.size and not whole_floats:
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    # the range before any cast: a float label of 1e300 must not wrap to a valid int64
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(
             f"{name} has labels outside [0, {num_classes}): min {y.min()}, max {y.max()}"
         )
-    return y
+    return y if y.dtype.kind in "iu" else y.astype(np.int64)
 
 
 def softmax_loss(x, y):

@@ -45,6 +45,17 @@ def test_affine_shape_mismatch_names_shapes():
         layers.affine_forward(np.zeros((2, 10)), w, np.zeros(4))
 
 
+def test_affine_on_an_empty_batch():
+    # reshape(0, -1) raised "cannot reshape array of size 0 into shape (0,newaxis)"
+    w, b = np.ones((6, 5)), np.arange(5.0)
+    out, cache = layers.affine_forward(np.zeros((0, 2, 3)), w, b)
+    assert out.shape == (0, 5)
+    dx, dw, db = layers.affine_backward(np.zeros((0, 5)), cache)
+    assert dx.shape == (0, 2, 3)
+    np.testing.assert_array_equal(dw, np.zeros((6, 5)))
+    np.testing.assert_array_equal(db, np.zeros(5))
+
+
 # ---------------------------------------------------------------- relu
 
 def test_relu_forward_and_backward():
@@ -111,6 +122,13 @@ def test_dropout_bad_keep_probability(p):
         layers.dropout_forward(np.ones((2, 2)), {"mode": "train", "p": p})
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, "abc", True])
+def test_dropout_bad_seed_is_named(seed):
+    # were NumPy's SeedSequence messages ("expected non-negative integer") without the key
+    with pytest.raises(ValueError, match=r"dropout_param\['seed'\] must be None or a non-negative integer"):
+        layers.dropout_forward(np.ones((2, 2)), {"mode": "train", "p": 0.5, "seed": seed})
+
+
 def test_dropout_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         layers.dropout_forward(np.ones((2, 2)), {"mode": "eval", "p": 0.5})
@@ -155,6 +173,11 @@ def test_softmax_loss_bad_labels():
         layers.softmax_loss(x, np.array([0, 1]))
     with pytest.raises(TypeError, match="integer"):
         layers.softmax_loss(x, np.array([0.5, 1, 2]))
+    # a whole float beyond int64 was cast first (a RuntimeWarning) and reported as min -2**63
+    with pytest.raises(ValueError, match=r"outside \[0, 4\): min 0.0, max 1e\+300"):
+        layers.softmax_loss(x, np.array([0.0, 1.0, 1e300]))
+    loss, _ = layers.softmax_loss(x, np.array([0.0, 1.0, 3.0]))  # whole floats are labels
+    assert loss == pytest.approx(np.log(4))
 
 
 @settings(max_examples=30, deadline=None)
