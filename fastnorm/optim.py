@@ -49,12 +49,16 @@ def _check(w, dw, config, defaults: dict, state: tuple = ()):
             raise ValueError(f"config['{key}'] must be in [0, 1), got {value!r}")
         if key in ("learning_rate", "epsilon") and value < 0:
             raise ValueError(f"config['{key}'] must be >= 0, got {value!r}")
+    given = {}  # state the caller passed, as arrays (a list would multiply as a sequence)
     for key in state:
         if key in config:
             held = config[key]
-            shape = held.shape if type(held) is np.ndarray else np.shape(held)
-            if shape != w.shape:
-                raise ValueError(f"config['{key}'] has shape {shape}, w has {w.shape}")
+            if type(held) is not np.ndarray:
+                held = as_real_array(f"config['{key}']", held)
+            if held.shape != w.shape:
+                raise ValueError(f"config['{key}'] has shape {held.shape}, w has {w.shape}")
+            given[key] = held
+    config.update(given)
     for key, default in defaults.items():
         config.setdefault(key, default)
     for key in state:

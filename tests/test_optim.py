@@ -87,6 +87,18 @@ def test_bad_input_raises_and_leaves_config(rule):
         update(np.zeros(2), np.zeros(2), [("learning_rate", 1)])
 
 
+@pytest.mark.parametrize("rule, key", [("sgd_momentum", "velocity"), ("rmsprop", "cache"), ("adam", "m"), ("adam", "v")])
+def test_state_given_as_a_list_is_read_as_an_array(rule, key):
+    # adam with m as a list raised "can't multiply sequence by non-int of type 'float'"
+    update = optim.UPDATE_RULES[rule]
+    state = np.full(W.shape, 0.5)
+    expected, _ = update(W, DW, {key: state.copy()})
+    next_w, config = update(W, DW, {key: state.tolist()})
+    np.testing.assert_array_equal(next_w, expected)
+    with pytest.raises(TypeError, match=rf"config\['{key}'\] must hold real numbers"):
+        update(W, DW, {key: ["a"] * W.size})
+
+
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="momentum"):
         optim.sgd_momentum(W, DW, {"momentum": 1.0})
