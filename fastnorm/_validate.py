@@ -29,6 +29,9 @@ def as_real_array(name: str, value) -> np.ndarray:
     if type(value) is np.ndarray:
         arr = value  # what asarray returns, without the call
     else:
+        if isinstance(value, np.ma.MaskedArray) and np.ma.getmask(value).any():
+            # asarray drops the mask: the masked values would be used as data
+            raise TypeError(f"{name} is a masked array with masked elements; fill or remove them first")
         try:
             arr = np.asarray(value)
         except Exception as exc:  # ragged lists and the like

@@ -99,6 +99,17 @@ def test_bn_param_errors(forward, params, match):
     assert_rejected(forward, (x, g, b), params, ValueError, match)
 
 
+@pytest.mark.parametrize("forward, params", FORWARDS)
+def test_masked_elements_are_refused_not_used(forward, params):
+    x, g, b = inputs()
+    masked = np.ma.masked_array(x, mask=np.zeros(x.shape, bool))
+    expected, _ = forward(x, g, b, dict(params))
+    np.testing.assert_array_equal(forward(masked, g, b, dict(params))[0], expected)  # nothing masked
+    masked[0, 0] = np.ma.masked  # was normalized with the value under the mask, silently
+    with pytest.raises(TypeError, match="x is a masked array with masked elements"):
+        forward(masked, g, b, dict(params))
+
+
 @pytest.mark.parametrize("forward", [fn.batchnorm_forward, ref.batchnorm_forward])
 def test_bn_param_type_errors(forward):
     x, g, b = inputs()
