@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import real_in_range
+
 
 def _centered_differences(f, x, h, reduce, report=None):
     """For each index i of x: reduce(f(x + h e_i) - f(x - h e_i)) / (2h).
@@ -11,6 +13,13 @@ def _centered_differences(f, x, h, reduce, report=None):
     x is perturbed in place and restored after each index; f's results are
     copied, since f may return a view of a buffer it reuses.
     """
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        # an integer x would store old + h truncated: a silently wrong gradient
+        raise TypeError("x must be a float numpy array (it is perturbed in place by h), "
+                        f"got {type(x).__name__}{' of dtype ' + str(x.dtype) if isinstance(x, np.ndarray) else ''}")
+    if not x.flags.writeable:
+        raise ValueError("x must be writeable: it is perturbed in place by h (and restored)")
+    h = real_in_range("h", h, 0.0, low_open=True)
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:

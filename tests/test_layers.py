@@ -45,6 +45,21 @@ def test_affine_shape_mismatch_names_shapes():
         layers.affine_forward(np.zeros((2, 10)), w, np.zeros(4))
 
 
+def test_gradient_check_refuses_an_x_it_cannot_perturb():
+    f = lambda v: float(np.sum(v * v))  # noqa: E731
+    # an int x gave [49999, 150000, 249999] for the gradient [2, 4, 6], without a word
+    with pytest.raises(TypeError, match="float numpy array .* got ndarray of dtype int64"):
+        eval_numerical_gradient(f, np.array([1, 2, 3]), verbose=False)
+    with pytest.raises(TypeError, match="got list"):
+        eval_numerical_gradient(f, [1.0, 2.0], verbose=False)
+    frozen = np.array([1.0, 2.0])
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="x must be writeable"):
+        eval_numerical_gradient_array(lambda v: 2 * v, frozen, np.ones(2))
+    with pytest.raises(ValueError, match=r"h must be finite and in \(0.0, inf\]"):  # h=0 gave NaN
+        eval_numerical_gradient(f, np.array([1.0, 2.0]), verbose=False, h=0)
+
+
 def test_affine_on_an_empty_batch():
     # reshape(0, -1) raised "cannot reshape array of size 0 into shape (0,newaxis)"
     w, b = np.ones((6, 5)), np.arange(5.0)
