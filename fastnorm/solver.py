@@ -241,6 +241,9 @@ class Solver:
         batch_mask = np.random.choice(num_train, self.batch_size)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
             loss, grads = self.model.loss(self.X_train[batch_mask], self.y_train[batch_mask])
+            missing = [p for p in self.model.params if p not in grads]
+            if missing:
+                raise KeyError(f"the model's loss returned no gradient for {', '.join(missing)}")
             if not np.isfinite(loss):
                 raise self._diverged(f"loss is {loss}")
             # fastnorm's rules turn a non-finite gradient into a non-finite update, so
@@ -252,6 +255,8 @@ class Solver:
             # each rule updates a copy of its state: nothing is kept unless all is finite
             updates = {p: self.update_rule(w, grads[p], dict(self.optim_configs[p]))
                        for p, w in self.model.params.items()}
+            if not own_rule:
+                self._check_rule_results(updates)
             bad = [p for p, (next_w, _) in updates.items() if not np.isfinite(next_w).all()]
             if bad:
                 if own_rule:
@@ -261,6 +266,18 @@ class Solver:
         for p, (next_w, next_config) in updates.items():
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
+
+    def _check_rule_results(self, updates):
+        """A caller's rule must give (next_w, config) with next_w of w's shape: anything
+        else would be stored in the model and fail later, far from the cause."""
+        for p, result in updates.items():
+            shape = np.shape(self.model.params[p])
+            if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)
+                    and np.shape(result[0]) == shape):
+                got = (f"({type(result[0]).__name__} of shape {np.shape(result[0])}, {type(result[1]).__name__})"
+                       if isinstance(result, tuple) and len(result) == 2 else type(result).__name__)
+                raise TypeError(f"update_rule must return (next_w, config) with next_w of shape {shape} "
+                                f"and config a dict; for {p} it returned {got}")
 
     def _check_gradients(self, grads):
         bad = [p for p in self.model.params if not np.isfinite(grads[p]).all()]

@@ -315,6 +315,30 @@ def test_non_finite_gradient_is_named_and_changes_nothing(digits, rule, value):
         assert all(np.all(np.isfinite(a)) for a in config.values() if isinstance(a, np.ndarray))
 
 
+@pytest.mark.parametrize("rule, message", [
+    (lambda w, dw, c: (w.ravel(), c), r"for W1 it returned \(ndarray of shape \(2048,\), dict\)"),
+    (lambda w, dw, c: (w - dw, None), r"\(ndarray of shape \(64, 32\), NoneType\)"),
+    (lambda w, dw, c: w - dw, "it returned ndarray"),
+])
+def test_callers_rule_returning_the_wrong_thing_changes_nothing(digits, rule, message):
+    # a (2048,) next_w was stored in the model and failed at the next forward as an
+    # affine shape error; a None config failed at the next step, parameters changed
+    model = bn_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+    solver = Solver(model, small(digits), update_rule=rule, verbose=False)
+    with pytest.raises(TypeError, match=r"update_rule must return \(next_w, config\) with next_w of shape \(64, 32\).*" + message):
+        solver.train()
+    assert all(np.array_equal(before[k], model.params[k]) for k in before) and solver.loss_history == []
+
+
+def test_missing_gradient_is_named(digits):
+    model = bn_model()
+    loss = model.loss
+    model.loss = lambda X, y=None: loss(X) if y is None else (loss(X, y)[0], {})
+    with pytest.raises(KeyError, match="no gradient for W1, b1"):
+        Solver(model, small(digits), verbose=False).train()
+
+
 def test_callers_rule_never_sees_a_non_finite_gradient(digits):
     seen = []
 
