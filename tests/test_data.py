@@ -163,9 +163,8 @@ def server(archive):
 
 
 def fetch(server, archive, dest, **kwargs):
-    md5 = hashlib.md5(archive).hexdigest()
-    return fn.data.download_cifar10(dest=dest, url=server.url, md5=md5, progress=False, backoff=0, timeout=10,
-                                    **kwargs)
+    settings = {"url": server.url, "md5": hashlib.md5(archive).hexdigest(), "timeout": 10, **kwargs}
+    return fn.data.download_cifar10(dest=dest, progress=False, backoff=0, **settings)
 
 
 def test_download_retries_past_partial_and_corrupt(server, archive, tmp_path, batches):
@@ -223,6 +222,26 @@ def test_cli_download_and_info(server, archive, tmp_path, capsys):
                     "--quiet", "--retries", "0"])
     assert code == 1
     assert "MD5" in capsys.readouterr().err
+
+
+def test_bad_download_arguments_are_named_before_any_request(server, archive, tmp_path, capsys):
+    # each was a traceback from socket.settimeout, urllib or os.makedirs
+    for kwargs, match in [({"timeout": -5}, "timeout must be finite"), ({"timeout": float("nan")}, "timeout"),
+                          ({"timeout": 0}, r"timeout must be finite and in \(0.0"),
+                          ({"md5": "xyz"}, "md5 must be 32 hex digits"), ({"url": "notaurl"}, "url 'notaurl' is not a URL")]:
+        with pytest.raises(ValueError, match=match):
+            fetch(server, archive, tmp_path / "d", **kwargs)
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(fn.data.DownloadError, match="cannot use .*afile as the data folder"):
+        fetch(server, archive, tmp_path / "afile")
+    assert server.requests == 0 and sorted(os.listdir(tmp_path)) == ["afile"]
+    code = run_cli(["data", "download", "--dest", str(tmp_path / "d"), "--url", server.url, "--timeout", "-5", "--quiet"])
+    assert code == 2 and "timeout must be finite" in capsys.readouterr().err
+    code = run_cli(["data", "download", "--dest", str(tmp_path / "afile"), "--url", server.url, "--quiet"])
+    assert code == 1 and "as the data folder" in capsys.readouterr().err
+    # an upper-case checksum is the same checksum
+    fetch(server, archive, tmp_path / "d", md5=hashlib.md5(archive).hexdigest().upper())
+    assert server.requests == 1
 
 
 # ---------------------------------------------------------------- digits

@@ -49,6 +49,9 @@ def _download(args) -> int:
         folder = download.download_cifar10(dest=args.dest, url=args.url, md5=args.md5 or None,
                                            retries=args.retries, timeout=args.timeout,
                                            progress=not args.quiet, force=args.force)
+    except ValueError as exc:  # a bad --timeout, --md5 or --url
+        print(f"fastnorm data download: {exc}", file=sys.stderr)
+        return 2
     except download.DownloadError as exc:
         print(f"fastnorm data download: {exc}", file=sys.stderr)
         return 1

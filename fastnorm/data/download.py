@@ -24,6 +24,7 @@ import urllib.request
 
 from tqdm import tqdm
 
+from .._validate import real_in_range
 from .cifar10 import FOLDER, TEST_BATCH, TRAIN_BATCHES, default_data_dir
 
 __all__ = ["download_cifar10", "DownloadError", "CIFAR10_URL", "CIFAR10_MD5", "ARCHIVE_NAME", "md5sum"]
@@ -129,8 +130,21 @@ def download_cifar10(dest=None, url=CIFAR10_URL, md5=CIFAR10_MD5, retries=3, tim
     """
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    # checked now: urlopen would raise these as tracebacks, not as failed attempts
+    timeout = real_in_range("timeout", timeout, 0.0, low_open=True)
+    if md5 is not None and not (isinstance(md5, str) and len(md5) == 32
+                                and all(c in "0123456789abcdef" for c in md5.lower())):
+        raise ValueError(f"md5 must be 32 hex digits or None, got {md5!r}")
+    md5 = md5 and md5.lower()  # hexdigest() is lower case
+    try:
+        urllib.request.Request(url)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"url {url!r} is not a URL urllib can open ({exc})") from None
     dest = os.fspath(default_data_dir() if dest is None else dest)
-    os.makedirs(dest, exist_ok=True)
+    try:
+        os.makedirs(dest, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot use {dest} as the data folder: {exc}") from None
     folder = os.path.join(dest, FOLDER)
     if _complete(folder) and not force:
         return folder
