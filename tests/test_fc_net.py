@@ -233,6 +233,10 @@ def test_bad_constructor_arguments():
         FullyConnectedNet([5], dropout_keep_ratio=0)
     with pytest.raises(TypeError, match="dtype"):
         FullyConnectedNet([5], dtype=np.int32)
+    # None was float64 silently, "banana" NumPy's "data type 'banana' not understood"
+    for bad in (None, "banana"):
+        with pytest.raises(TypeError, match=f"dtype must be float32 or float64, got {bad!r}"):
+            FullyConnectedNet([5], dtype=bad)
     with pytest.raises(ValueError, match="reg"):
         FullyConnectedNet([5], reg=-1)
     with pytest.raises(ValueError, match="reg must be finite"):  # was an unnamed OverflowError
