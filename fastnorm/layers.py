@@ -47,6 +47,12 @@ __all__ = [
 ]
 
 
+def _check_cache(cache, length: int, what: str, forward: str):
+    if not (isinstance(cache, tuple) and len(cache) == length):
+        raise TypeError(f"cache must be the {what} returned by {forward}, got {type(cache).__name__}"
+                        f"{f' of length {len(cache)}' if isinstance(cache, (tuple, list)) else ''}")
+
+
 # ---------------------------------------------------------------- affine
 
 def _check_affine(x, w, b):
@@ -80,6 +86,7 @@ def affine_forward(x, w, b):
 
 def affine_backward(dout, cache):
     """dout (N, M) -> dx (shape of x), dw (D, M), db (M,)."""
+    _check_cache(cache, 3, "(x, w, b)", "affine_forward")
     x, w, b = cache
     dout = as_real_array("dout", dout)
     if dout.shape != (x.shape[0], w.shape[1]):
@@ -100,6 +107,8 @@ def relu_forward(x):
 
 def relu_backward(dout, cache):
     """dx = dout where x > 0, else 0 (the subgradient at 0 is taken as 0)."""
+    if not isinstance(cache, np.ndarray):
+        raise TypeError(f"cache must be the x returned by relu_forward, got {type(cache).__name__}")
     x = cache
     dout = as_real_array("dout", dout)
     if dout.shape != x.shape:
@@ -158,6 +167,7 @@ def dropout_forward(x, dropout_param):
 
 def dropout_backward(dout, cache):
     """dx = dout * mask in train mode, dout in test mode."""
+    _check_cache(cache, 2, "(dropout_param, mask)", "dropout_forward")
     _, mask = cache
     dout = as_real_array("dout", dout)
     if mask is None:

@@ -60,6 +60,20 @@ def test_gradient_check_refuses_an_x_it_cannot_perturb():
         eval_numerical_gradient(f, np.array([1.0, 2.0]), verbose=False, h=0)
 
 
+def test_backward_with_a_cache_from_elsewhere_names_it():
+    # were "not enough values to unpack", "'list' object has no attribute 'shape'", ...
+    x = np.ones((2, 3))
+    _, relu_cache = layers.relu_forward(x)
+    with pytest.raises(TypeError, match=r"cache must be the \(x, w, b\) returned by affine_forward, got ndarray"):
+        layers.affine_backward(np.ones((2, 3)), relu_cache)
+    with pytest.raises(TypeError, match=r"affine_forward, got tuple of length 2"):
+        layers.affine_backward(np.ones((2, 3)), (x, x))
+    with pytest.raises(TypeError, match="the x returned by relu_forward, got list"):
+        layers.relu_backward(np.ones(2), [1.0, -1.0])
+    with pytest.raises(TypeError, match=r"\(dropout_param, mask\) returned by dropout_forward, got NoneType"):
+        layers.dropout_backward(x, None)
+
+
 def test_affine_on_an_empty_batch():
     # reshape(0, -1) raised "cannot reshape array of size 0 into shape (0,newaxis)"
     w, b = np.ones((6, 5)), np.arange(5.0)
