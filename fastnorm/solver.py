@@ -333,9 +333,16 @@ class Solver:
     def train(self):
         """Run the remaining iterations, then put the best-validation parameters into the model."""
         name = self.checkpoint_name
-        if name is not None and not os.path.isdir(os.path.dirname(os.path.abspath(name))):
-            # else the first checkpoint fails, on a temporary file's name, after an update
-            raise FileNotFoundError(f"the folder of checkpoint_name {name!r} does not exist")
+        if name is not None:
+            # else the first checkpoint fails after an update: a missing folder on a
+            # temporary file's name, a lambda update_rule or a model pickle cannot write
+            if not os.path.isdir(os.path.dirname(os.path.abspath(name))):
+                raise FileNotFoundError(f"the folder of checkpoint_name {name!r} does not exist")
+            try:
+                pickle.dumps(self.checkpoint_state(), protocol=pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                raise TypeError(f"checkpoints cannot be written: {exc} (a caller's update_rule must be "
+                                "a module-level function; or use checkpoint_name=None)") from None
         if self._pending_rng_state is not None:
             np.random.set_state(self._pending_rng_state)
             self._pending_rng_state = None

@@ -331,6 +331,18 @@ def test_callers_rule_returning_the_wrong_thing_changes_nothing(digits, rule, me
     assert all(np.array_equal(before[k], model.params[k]) for k in before) and solver.loss_history == []
 
 
+def test_unpicklable_rule_with_checkpoints_fails_before_any_update(digits, tmp_path):
+    # was a PicklingError at the first checkpoint, after the first update
+    model = bn_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+    solver = Solver(model, small(digits), update_rule=lambda w, dw, c: (w - 0.01 * dw, c), verbose=False,
+                    checkpoint_name=str(tmp_path / "run"))
+    with pytest.raises(TypeError, match="checkpoints cannot be written: .*lambda.*module-level function"):
+        solver.train()
+    assert all(np.array_equal(before[k], model.params[k]) for k in before) and solver.iteration == 0
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_gradient_is_named(digits):
     model = bn_model()
     loss = model.loss
