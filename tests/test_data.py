@@ -119,6 +119,15 @@ def test_missing_and_corrupt_batch_named(cifar_dir):
         fn.data.load_CIFAR10(cifar_dir)
 
 
+@pytest.mark.parametrize("labels", [[1.7, 2.2], ["1", "2"]])
+def test_batch_with_labels_that_are_not_integers_is_refused(tmp_path, labels):
+    # the dtype=int64 read truncated 1.7 to 1 and parsed "1": labels silently made up
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}))
+    with pytest.raises(ValueError, match="data_batch_1 has labels of dtype .*, not integers"):
+        fn.data.load_CIFAR_batch(path)
+
+
 # ---------------------------------------------------------------- download from loopback
 
 class ArchiveServer:

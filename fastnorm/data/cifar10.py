@@ -54,7 +54,7 @@ def _read_batch(filename):
         with open(filename, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         X = np.asarray(_field(batch, "data"))
-        y = np.asarray(_field(batch, "labels"), dtype=np.int64)
+        y = np.asarray(_field(batch, "labels"))  # no dtype: it would truncate 1.7 and parse '1'
     except Exception as exc:  # truncated pickle, wrong content, missing keys
         raise ValueError(
             f"CIFAR-10 batch file {filename} is corrupt or not a CIFAR-10 python batch "
@@ -65,6 +65,10 @@ def _read_batch(filename):
             f"CIFAR-10 batch file {filename} has data {X.shape} {X.dtype} and labels {y.shape}, "
             f"expected uint8 (n, 3072) and (n,); delete it and {_HOW_TO_GET}"
         )
+    if y.size and y.dtype.kind not in "iu":
+        raise ValueError(f"CIFAR-10 batch file {filename} has labels of dtype {y.dtype}, not integers; "
+                         f"delete it and {_HOW_TO_GET}")
+    y = y.astype(np.int64, copy=False)
     if y.size and (y.min() < 0 or y.max() > 9):
         raise ValueError(f"CIFAR-10 batch file {filename} has labels outside 0..9; delete it and {_HOW_TO_GET}")
     return X.reshape(-1, 3, 32, 32), y
