@@ -236,32 +236,42 @@ class Solver:
 
     def _step(self):
         """One minibatch update. A non-finite loss, gradient or updated parameter raises
-        FloatingPointError before any parameter changes."""
+        FloatingPointError before any parameter (or running statistic) changes."""
         num_train = self.X_train.shape[0]
         batch_mask = np.random.choice(num_train, self.batch_size)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
-            loss, grads = self.model.loss(self.X_train[batch_mask], self.y_train[batch_mask])
-            missing = [p for p in self.model.params if p not in grads]
-            if missing:
-                raise KeyError(f"the model's loss returned no gradient for {', '.join(missing)}")
-            if not np.isfinite(loss):
-                raise self._diverged(f"loss is {loss}")
-            # fastnorm's rules turn a non-finite gradient into a non-finite update, so
-            # their gradients need a look only when an update is bad; a caller's rule
-            # may not, and never sees a bad gradient
-            own_rule = self.update_rule in _OWN_RULES
-            if not own_rule:
-                self._check_gradients(grads)
-            # each rule updates a copy of its state: nothing is kept unless all is finite
-            updates = {p: self.update_rule(w, grads[p], dict(self.optim_configs[p]))
-                       for p, w in self.model.params.items()}
-            if not own_rule:
-                self._check_rule_results(updates)
-            bad = [p for p, (next_w, _) in updates.items() if not np.isfinite(next_w).all()]
-            if bad:
-                if own_rule:
+        # the forward replaces the running statistics in bn_params: a failed step puts them back
+        norm_params = getattr(self.model, "bn_params", None) or []
+        saved_norm_params = [dict(p) if isinstance(p, dict) else p for p in norm_params]
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
+                loss, grads = self.model.loss(self.X_train[batch_mask], self.y_train[batch_mask])
+                missing = [p for p in self.model.params if p not in grads]
+                if missing:
+                    raise KeyError(f"the model's loss returned no gradient for {', '.join(missing)}")
+                if not np.isfinite(loss):
+                    raise self._diverged(f"loss is {loss}")
+                # fastnorm's rules turn a non-finite gradient into a non-finite update, so
+                # their gradients need a look only when an update is bad; a caller's rule
+                # may not, and never sees a bad gradient
+                own_rule = self.update_rule in _OWN_RULES
+                if not own_rule:
                     self._check_gradients(grads)
-                raise self._diverged(f"update of {', '.join(bad)} is not finite")
+                # each rule updates a copy of its state: nothing is kept unless all is finite
+                updates = {p: self.update_rule(w, grads[p], dict(self.optim_configs[p]))
+                           for p, w in self.model.params.items()}
+                if not own_rule:
+                    self._check_rule_results(updates)
+                bad = [p for p, (next_w, _) in updates.items() if not np.isfinite(next_w).all()]
+                if bad:
+                    if own_rule:
+                        self._check_gradients(grads)
+                    raise self._diverged(f"update of {', '.join(bad)} is not finite")
+        except BaseException:
+            for param, saved in zip(norm_params, saved_norm_params):
+                if isinstance(param, dict):
+                    param.clear()
+                    param.update(saved)
+            raise
         self.loss_history.append(float(loss))
         for p, (next_w, next_config) in updates.items():
             self.model.params[p] = next_w

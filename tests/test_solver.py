@@ -268,16 +268,22 @@ def test_exploding_learning_rate_is_caught(digits):
 
 def test_non_finite_update_changes_nothing(digits):
     model = bn_model()
-    before = {k: v.copy() for k, v in model.params.items()}
 
     def blow_up(w, dw, config=None):
         return np.full_like(w, np.inf), config
 
     solver = Solver(model, small(digits), update_rule=blow_up, verbose=False)
+    Solver(model, small(digits), num_epochs=1, verbose=False).train()  # running statistics to keep
+    before = {k: v.copy() for k, v in model.params.items()}
+    norm_before = [{k: np.copy(v) for k, v in p.items()} for p in model.bn_params]
     with pytest.raises(FloatingPointError, match=r"update of W1, b1, .* not finite at iteration 1 / 50"):
         solver.train()
     assert solver.loss_history == []
     assert all(np.array_equal(before[k], model.params[k]) for k in before)
+    # the failed step's forward had replaced them (a diverging forward leaves NaN or inf there)
+    for saved, now in zip(norm_before, model.bn_params):
+        assert saved.keys() == now.keys()
+        assert all(np.array_equal(saved[k], now[k]) for k in ("running_mean", "running_var"))
 
 
 class BadGradient(NaNAfter):
