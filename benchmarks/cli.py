@@ -13,6 +13,7 @@ PNG chart to --out.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,14 +25,30 @@ BUDGET_S, QUICK_BUDGET_S = 3.0, 1.0  # per cell: slow NumPy contenders on big ar
 COPY_MIN_BYTES = 64 * 2**20
 
 
-def _int_list(text: str) -> list[int]:
+def _thread_list(text: str) -> list[int]:
+    from fastnorm._threads import MAX_THREADS
+
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not values or min(values) < 1 or max(values) > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected thread counts from 1 to {MAX_THREADS}, got {text!r}")
     return values
+
+
+def _number(kind, zero_ok=False):
+    """A finite number > 0 (>= 0 with zero_ok) of the given kind."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if zero_ok else '>'} 0, "
+                                             f"got {text!r}")
+        return value
+    return parse
 
 
 def _shape_list(text: str) -> list[tuple[int, int]]:
@@ -68,13 +85,13 @@ def add_parser(subparsers) -> None:
                         help="the matrix against PyTorch's kernels at 1 and 2 threads")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPEAT} runs of >= {QUICK_MIN_TIME_MS:g} ms per contender")
-    parser.add_argument("--repeat", type=int,
+    parser.add_argument("--repeat", type=_number(int),
                         help=f"interleaved runs per contender (default {REPEAT}, at least 3 within --budget)")
-    parser.add_argument("--budget", type=float, metavar="SECONDS",
+    parser.add_argument("--budget", type=_number(float, zero_ok=True), metavar="SECONDS",
                         help=f"time per cell past which runs are cut (default {BUDGET_S:g} s; 0: no limit)")
-    parser.add_argument("--min-time", type=float, metavar="MS",
+    parser.add_argument("--min-time", type=_number(float, zero_ok=True), metavar="MS",
                         help=f"least duration of one timed sample (default {MIN_TIME_MS:g} ms)")
-    parser.add_argument("--threads", type=_int_list, metavar="N[,N...]",
+    parser.add_argument("--threads", type=_thread_list, metavar="N[,N...]",
                         help="thread counts (default: 1 for bench, where NumPy is single-threaded; "
                              "1,2 for --vs-torch)")
     parser.add_argument("--shapes", type=_shape_list, metavar="NxD[,NxD...]", help="replace the shapes")

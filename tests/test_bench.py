@@ -235,6 +235,12 @@ def test_vs_torch_command_prints_the_matrix_and_markdown(tmp_path, capsys):
     assert "vs torch 1t" in printed and "vs torch 2t" in printed
 
 
+def test_vs_torch_with_no_torch_says_they_conflict(tmp_path, capsys):
+    assert main(["bench", "--vs-torch", "--no-torch", *TINY, "--out", str(tmp_path)]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_vs_torch_without_torch_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch_anchor, "available", lambda: False)
     assert main(["bench", "--vs-torch", *TINY, "--out", str(tmp_path)]) == 2
@@ -243,6 +249,8 @@ def test_vs_torch_without_torch_says_how_to_get_it(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("bad", [["--shapes", "4by5"], ["--shapes", "1x5"], ["--threads", "0"],
+                                 ["--threads", "100000"], ["--repeat", "-1"], ["--repeat", "0"],
+                                 ["--min-time", "nan"], ["--min-time", "-1"], ["--budget", "-2"],
                                  ["--dtypes", "float16"], ["--ops", "bn_fwd,softmax"], ["--clock", "cpu"]])
 def test_bad_options_are_rejected(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
