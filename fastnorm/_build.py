@@ -84,7 +84,8 @@ def _import_checked(name):
     if expected is not None and kernels.SOURCE_HASH != expected:
         raise ImportError(
             f"fastnorm's compiled kernels in {_PACKAGE_DIR} are stale: they were built from other "
-            "sources than those in src/. Rebuild with `pip install -e .` (or "
+            "sources than those in src/. Rebuild with `pip install -e .` (or, with Cython and "
+            "setuptools installed, as `pip install -e \".[dev]\"` does, "
             "`python setup.py build_ext --inplace`)."
         )
     return kernels

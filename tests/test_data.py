@@ -226,6 +226,8 @@ def test_cli_download_and_info(server, archive, tmp_path, capsys):
     assert "cifar-10-batches-py" in capsys.readouterr().out
     assert run_cli(["data", "info", "--dest", str(tmp_path)]) == 0
     assert "present" in capsys.readouterr().out
+    assert run_cli(["data", "info", "--data-dir", str(tmp_path)]) == 0  # experiment's name for it
+    assert "present" in capsys.readouterr().out
     server.plan = ["corrupt"] * 5
     code = run_cli(["data", "download", "--dest", str(tmp_path / "x"), "--url", server.url, "--md5", md5,
                     "--quiet", "--retries", "0"])

@@ -2,6 +2,8 @@
 
     fastnorm data download [--dest DIR] [--retries N] [--force] [--quiet]
     fastnorm data info [--dest DIR]
+
+--data-dir is another name for --dest, the one `fastnorm experiment` uses.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ def add_parser(subparsers):
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     dl = actions.add_parser("download", help="download, verify (MD5) and extract CIFAR-10")
-    dl.add_argument("--dest", default=None,
+    # --data-dir: the name `fastnorm experiment` gives the same folder
+    dl.add_argument("--dest", "--data-dir", dest="dest", default=None,
                     help="folder for the archive and cifar-10-batches-py "
                          "(default: $FASTNORM_DATA_DIR, else ~/.cache/fastnorm)")
     dl.add_argument("--url", default=download.CIFAR10_URL, help="archive URL (default: the official one)")
@@ -30,7 +33,8 @@ def add_parser(subparsers):
     dl.set_defaults(func=run)
 
     info = actions.add_parser("info", help="where the datasets are and whether CIFAR-10 is there")
-    info.add_argument("--dest", default=None, help="data folder (default: the cache folder)")
+    info.add_argument("--dest", "--data-dir", dest="dest", default=None,
+                      help="data folder (default: the cache folder)")
     info.set_defaults(func=run)
     return parser
 
