@@ -12,6 +12,10 @@ N-1 (D-1) instead, which is what the notebook's printed numbers used.
 
 Every function takes optional ``out`` buffers so a training loop can run
 without allocating; results are bitwise identical to the allocating call.
+
+The compute dtype is float32 or float64: x's own, or what NumPy's promotion of
+the arguments gives (integers and bool compute in float64, float16 in float32).
+Results and ``out`` buffers are of that dtype.
 """
 
 from __future__ import annotations
@@ -173,7 +177,8 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
         'eps' (1e-5), 'momentum' (0.9), 'ddof' (0 or 1, default 0),
         'running_mean', 'running_var' ((D,), default zeros). The updated running
         statistics are written back into bn_param in both modes.
-    out : optional (N, D) C-contiguous array of the compute dtype to write into.
+    out : optional (N, D) C-contiguous array of the compute dtype (see the module
+        docstring) to write into.
 
     Returns
     -------
@@ -245,7 +250,8 @@ def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
 
 
 def layernorm_backward(dout, cache, *, out=None):
-    """Layer normalization backward (compiled): dx (N, D), dgamma (D,), dbeta (D,)."""
+    """Layer normalization backward (compiled): dx (N, D), dgamma (D,), dbeta (D,).
+    ``out=(dx, dgamma, dbeta)`` writes into caller buffers."""
     dout, x, gamma, (dx, dgamma, dbeta) = _backward_call(dout, cache, out, LayerNormCache, "layernorm_forward")
     kernel = _LN_BACKWARD_F64 if x.dtype is _F64 else _LN_BACKWARD[x.dtype]
     kernel(dout, x, cache.mean, cache.inv_std, gamma, cache.ddof, dx, dgamma, dbeta, get_num_threads())

@@ -155,7 +155,7 @@ def _architecture(model) -> dict:
 
 
 class Solver:
-    """Trains ``model`` on ``data`` with the notebook's keywords; see the module docstring."""
+    __doc__ = __doc__  # the module's: usage, keywords, checkpoints (help(Solver) shows them)
 
     def __init__(self, model, data, **kwargs):
         unknown = sorted(set(kwargs) - set(_DEFAULTS))
