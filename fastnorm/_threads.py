@@ -30,8 +30,11 @@ def openmp_enabled() -> bool:
 
 
 def get_num_threads() -> int:
-    """The thread count the next kernel call will use."""
-    return _n_threads if _n_threads is not None else max(1, _kernels.max_threads())
+    """The thread count the next kernel call will use (OpenMP's default, as
+    OMP_NUM_THREADS=100000 would make it, is capped at MAX_THREADS too)."""
+    if _n_threads is not None:
+        return _n_threads
+    return min(MAX_THREADS, max(1, _kernels.max_threads()))
 
 
 def set_num_threads(n: int | None) -> None:

@@ -2,6 +2,9 @@
 caller-provided outputs, running statistics, threads."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -362,6 +365,19 @@ def test_thread_counts_openmp_cannot_start_are_refused():
             assert fn.get_num_threads() == 2
         fn.set_num_threads(fn._threads.MAX_THREADS)
         assert fn.get_num_threads() == fn._threads.MAX_THREADS
+
+
+@pytest.mark.skipif(not fn.openmp_enabled(), reason="OMP_NUM_THREADS matters to an OpenMP build only")
+def test_an_openmp_default_too_large_is_capped(tmp_path):
+    # OMP_NUM_THREADS=100000 made OpenMP's own default crash the process at a large call
+    code = "import fastnorm as fn; print(fn.get_num_threads())"
+    # the child imports the same fastnorm as this process
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fn.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="100000",
+               PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, check=True)
+    assert int(done.stdout) == fn._threads.MAX_THREADS
 
 
 SHAPES_ACROSS_SPLITS = [(100, 500), (300, 1100), (4096, 64), (8, 20000), (1000, 1)]
