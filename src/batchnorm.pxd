@@ -22,6 +22,16 @@ cdef enum:
     ROW_CHUNK = 8   # rows a strip pass takes at once: 8 lines per cache set, any row stride
 
 
+cdef inline double _correction(double residue, double factor) noexcept nogil:
+    """residue * factor for the float32 residue (mean - shift, below float32's
+    rounding), or 0 where that is not finite: where the factor or the mean is
+    infinite, the value it would correct is the answer already, and 0 * inf or
+    inf - inf would make a NaN of it (float64 has no residue). A select, not a
+    branch: the per-tile loop that calls it stays vectorized."""
+    cdef double product = residue * factor
+    return product if isfinite(product) else 0.0
+
+
 cdef inline void _strip_pass(const floating* x, Py_ssize_t D, Py_ssize_t n_rows,
                              const double* shift, double* acc_io, int kind) noexcept nogil:
     """acc_io[k] += sum over the n_rows of f(x[i, k] - shift[k]) for the STRIP columns
@@ -265,7 +275,7 @@ cdef inline int bn_forward(const floating[:, ::1] x,              # IN  (N, D)
         if floating is double:
             offset[j] = beta[j]
         else:
-            offset[j] = <floating> (beta[j] - (mean[j] - shift[j]) * (gamma[j] * inv_std[j]))
+            offset[j] = <floating> (beta[j] - _correction(mean[j] - shift[j], gamma[j] * inv_std[j]))
     _normalize_rows(&x[0, 0], N, D, shift, scales, offset, &out[0, 0], nt)
     free(m2)
     free(consts)
@@ -325,7 +335,7 @@ cdef inline void _tile_grad_sums(const floating* dout, const floating* x, Py_ssi
         i += 1
     if floating is float:
         for j in range(w):
-            sum_dy_xc[j] -= residue[j] * sum_dy[j]
+            sum_dy_xc[j] -= _correction(residue[j], sum_dy[j])
 
 
 cdef inline void _grad_sums_task(const floating* dout, const floating* x, Py_ssize_t N,
@@ -426,12 +436,12 @@ cdef inline int bn_backward(const floating[:, ::1] dout,          # IN  (N, D)
         for j in range(D):
             k_xc[j] = inv_std[j] * inv_std[j] * sum_dy_xc[j] / (N - ddof)
         for j in range(D):
-            c_shift[j] = <floating> (sum_dy[j] / N - residue[j] * k_xc[j])
+            c_shift[j] = <floating> (sum_dy[j] / N - _correction(residue[j], k_xc[j]))
     else:
         for j in range(D):
             k_xc[j] = 0.0
         for j in range(D):
-            c_shift[j] = <floating> (0.0 - residue[j] * k_xc[j])
+            c_shift[j] = <floating> (0.0 - _correction(residue[j], k_xc[j]))
     for j in range(D):
         c_xc[j] = <floating> k_xc[j]
 

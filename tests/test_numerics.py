@@ -354,3 +354,32 @@ def test_layernorm_nonfinite_row_is_isolated(dtype, bad):
     dx_c = fn.layernorm_backward(dout, cache_c)[0]
     dx_d = fn.layernorm_backward(dout, cache_d)[0]
     np.testing.assert_array_equal(dx_d[others], dx_c[others])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_infinities_give_what_the_reference_gives(dtype):
+    """An infinite dout, running mean or gamma gives the reference's infinities
+    in both dtypes: float32's residue correction once made NaNs of them
+    (0 * inf, inf - inf)."""
+    from fastnorm import reference as ref
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 7)).astype(dtype)
+    gamma, beta = np.ones(7, dtype), np.zeros(7, dtype)
+    with np.errstate(all="ignore"):
+        dout = rng.standard_normal((5, 7)).astype(dtype)
+        dout[2, 2] = np.inf
+        _, cache = fn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        _, ref_cache = ref.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        np.testing.assert_array_equal(fn.batchnorm_backward(dout, cache)[1][2],
+                                      ref.batchnorm_backward_alt(dout, ref_cache)[1][2])
+        running_mean = np.zeros(7, dtype)
+        running_mean[2] = np.inf
+        test = {"mode": "test", "running_mean": running_mean, "running_var": np.ones(7, dtype)}
+        np.testing.assert_array_equal(fn.batchnorm_forward(x, gamma, beta, dict(test))[0][:, 2],
+                                      ref.batchnorm_forward(x, gamma, beta, dict(test))[0][:, 2])
+        gamma_inf = gamma.copy()
+        gamma_inf[2] = np.inf
+        out = fn.batchnorm_forward(x, gamma_inf, beta, {"mode": "train"})[0][:, 2]
+        np.testing.assert_array_equal(out, ref.batchnorm_forward(x, gamma_inf, beta, {"mode": "train"})[0][:, 2])
+        assert np.isinf(out).all()
