@@ -62,7 +62,6 @@ class FullyConnectedNet:
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
                  normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32, seed=None,
                  kernels="fast"):
-        original_dtype = dtype
         hidden = [_positive_int(f"hidden_dims[{i}]", h) for i, h in enumerate(self._as_list(hidden_dims))]
         self.input_dim = _positive_int("input_dim", input_dim)
         self.num_classes = _positive_int("num_classes", num_classes)
@@ -74,11 +73,12 @@ class FullyConnectedNet:
         self.reg = real_in_range("reg", reg, 0.0)
         weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
         try:  # np.dtype(None) is float64, np.dtype("banana") a message without the argument
-            dtype = None if dtype is None else np.dtype(dtype)
+            float_dtype = dtype is not None and np.dtype(dtype) in (np.float32, np.float64)
         except TypeError:
-            dtype = None
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {dtype if dtype is not None else repr(original_dtype)}")
+            float_dtype = False
+        if not float_dtype:
+            raise TypeError(f"dtype must be float32 or float64, got {getattr(dtype, '__name__', repr(dtype))}")
+        dtype = np.dtype(dtype)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
 
