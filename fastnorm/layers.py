@@ -220,3 +220,21 @@ def softmax_loss(x, y):
     dx[rows, y] -= 1
     dx /= N
     return float(loss), dx
+
+
+# ---------------------------------------------------------------- convolutional layers
+
+from .conv_layers import (  # noqa: E402  (conv_layers builds on relu above)
+    conv_backward,
+    conv_forward,
+    conv_norm_relu_backward,
+    conv_norm_relu_forward,
+    conv_norm_relu_pool_backward,
+    conv_norm_relu_pool_forward,
+    max_pool_backward,
+    max_pool_forward,
+)
+
+__all__ += ["conv_forward", "conv_backward", "max_pool_forward", "max_pool_backward",
+            "conv_norm_relu_forward", "conv_norm_relu_backward",
+            "conv_norm_relu_pool_forward", "conv_norm_relu_pool_backward"]

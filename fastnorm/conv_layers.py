@@ -1,0 +1,330 @@
+"""The ConvolutionalNetworks notebook's layers: convolution, max pooling and the sandwiches.
+
+NumPy over BLAS: a convolution is one im2col copy and one matrix product.
+
+    out, cache = conv_forward(x, w, b, {"stride": 1, "pad": 1})   # x (N, C, H, W), w (F, C, HH, WW)
+    dx, dw, db = conv_backward(dout, cache)
+    out, cache = max_pool_forward(x, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    dx = max_pool_backward(dout, cache)
+    out, cache = conv_norm_relu_pool_forward(x, w, b, conv_param, pool_param, norm="groupnorm",
+                                             gamma=gamma, beta=beta, norm_param={"mode": "train"}, G=4)
+    dx, dw, db, dgamma, dbeta = conv_norm_relu_pool_backward(dout, cache)
+
+Outputs are C-contiguous and keep the inputs' floating dtype. The sandwiches'
+norm is None, "spatial_batchnorm" (gamma, beta (C,)) or "groupnorm" (gamma,
+beta (1, C, 1, 1), G groups); kernels="reference" runs them on fastnorm.reference.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ._validate import as_real_array, compute_dtype
+from .layers import relu_backward, relu_forward
+
+__all__ = [
+    "conv_forward",
+    "conv_backward",
+    "max_pool_forward",
+    "max_pool_backward",
+    "conv_norm_relu_forward",
+    "conv_norm_relu_backward",
+    "conv_norm_relu_pool_forward",
+    "conv_norm_relu_pool_backward",
+    "CONV_NORMS",
+    "norm_functions",
+]
+
+CONV_NORMS = (None, "spatial_batchnorm", "groupnorm")
+KERNELS = ("fast", "reference")
+
+
+def _param_int(params: dict, pname: str, key: str, low: int) -> int:
+    if key not in params:
+        raise ValueError(f"{pname}[{key!r}] is required")
+    value = params[key]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{pname}[{key!r}] must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _param_dict(params, pname: str) -> dict:
+    if not isinstance(params, dict):
+        raise TypeError(f"{pname} must be a dict, got {type(params).__name__}")
+    return params
+
+
+def _check_cache(cache, expected: type, forward: str):
+    if not isinstance(cache, expected):
+        raise TypeError(f"cache must be the one returned by {forward}, got {type(cache).__name__}")
+
+
+def _check_dout(dout, shape) -> np.ndarray:
+    dout = as_real_array("dout", dout)
+    if dout.shape != tuple(shape):
+        raise ValueError(f"dout must have the layer's output shape {tuple(shape)}, got {dout.shape}")
+    return dout
+
+
+def _as_images(name: str, x) -> np.ndarray:
+    x = as_real_array(name, x)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got {x.ndim}-D with shape {x.shape}")
+    return x
+
+
+def _windows(length: int, size: int, stride: int, what: str, shapes: str) -> int:
+    """Output length of `size` windows `stride` apart over `length` values; they must tile it."""
+    if size > length:
+        raise ValueError(f"{what}: the window ({size}) is larger than the input ({length}); {shapes}")
+    if (length - size) % stride:
+        raise ValueError(f"{what}: windows of {size} with stride {stride} do not tile {length} values "
+                         f"({length} - {size} is not divisible by {stride}); {shapes}")
+    return (length - size) // stride + 1
+
+
+# ---------------------------------------------------------------- convolution
+
+class ConvCache(NamedTuple):
+    cols: np.ndarray      # (N*Ho*Wo, C*HH*WW): the im2col matrix of the padded x
+    w: np.ndarray         # (F, C, HH, WW)
+    x_shape: tuple
+    stride: int
+    pad: int
+
+
+def _conv_call(x, w, b, conv_param):
+    x = _as_images("x", x)
+    w = as_real_array("w", w)
+    b = as_real_array("b", b)
+    if w.ndim != 4 or b.ndim != 1:
+        raise ValueError(f"conv needs w (F, C, HH, WW) and b (F,), got shapes {w.shape} and {b.shape}")
+    N, C, H, W = x.shape
+    F, Cw, HH, WW = w.shape
+    shapes = f"x {x.shape}, w {w.shape}"
+    if Cw != C:
+        raise ValueError(f"conv: x has {C} channels but w has {Cw} (x {x.shape}, w (F, C, HH, WW) = {w.shape})")
+    if b.shape != (F,):
+        raise ValueError(f"conv: b must have shape (F,) = ({F},) for w of shape {w.shape}, got {b.shape}")
+    if min(x.shape + w.shape) == 0:
+        raise ValueError(f"conv needs non-empty x and w, got {shapes}")
+    conv_param = _param_dict(conv_param, "conv_param")
+    stride = _param_int(conv_param, "conv_param", "stride", 1)
+    pad = _param_int(conv_param, "conv_param", "pad", 0)
+    shapes += f", stride {stride}, pad {pad}"
+    Ho = _windows(H + 2 * pad, HH, stride, "conv height (H + 2*pad, HH)", shapes)
+    Wo = _windows(W + 2 * pad, WW, stride, "conv width (W + 2*pad, WW)", shapes)
+    dtype = compute_dtype(x, w, b)
+    return x.astype(dtype, copy=False), w.astype(dtype, copy=False), b.astype(dtype, copy=False), \
+        stride, pad, Ho, Wo
+
+
+def conv_forward(x, w, b, conv_param):
+    """Convolution (cross-correlation, as the notebook's) with zero padding.
+
+    x: (N, C, H, W); w: (F, C, HH, WW); b: (F,); conv_param: 'stride' (>= 1) and
+    'pad' (>= 0, zeros on each side). (H + 2*pad - HH) and (W + 2*pad - WW) must be
+    divisible by the stride. Returns out (N, F, Ho, Wo) with Ho = 1 + (H + 2*pad - HH) / stride,
+    and the cache (im2col matrix, w, shapes).
+    """
+    x, w, b, stride, pad, Ho, Wo = _conv_call(x, w, b, conv_param)
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    win = sliding_window_view(xp, w.shape[2:], axis=(2, 3))[:, :, ::stride, ::stride]  # (N, C, Ho, Wo, HH, WW)
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(N * Ho * Wo, -1)                  # the one copy of x
+    out = cols @ w.reshape(F, -1).T
+    out += b
+    out = np.ascontiguousarray(out.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2))
+    return out, ConvCache(cols, w, x.shape, stride, pad)
+
+
+def conv_backward(dout, cache):
+    """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (F, C, HH, WW), db (F,)."""
+    _check_cache(cache, ConvCache, "conv_forward")
+    cols, w, (N, C, H, W), s, pad = cache
+    F, _, HH, WW = w.shape
+    Ho, Wo = (H + 2 * pad - HH) // s + 1, (W + 2 * pad - WW) // s + 1
+    dout = _check_dout(dout, (N, F, Ho, Wo)).astype(cols.dtype, copy=False)
+    d2 = dout.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)
+    db = dout.sum(axis=(0, 2, 3))
+    dw = (d2.T @ cols).reshape(w.shape)
+    dcols = (d2 @ w.reshape(F, -1)).reshape(N, Ho, Wo, C, HH, WW)
+    # col2im: each filter tap (i, j) adds its plane back at its strided offsets
+    dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+    for i in range(HH):
+        for j in range(WW):
+            dxp[:, :, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s] += \
+                dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W]) if pad else dxp
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------- max pooling
+
+class PoolCache(NamedTuple):
+    argmax: np.ndarray    # (N, C, Ho, Wo): the winner's flat index in its ph x pw window
+    x_shape: tuple
+    dtype: np.dtype
+    pool: tuple           # (pool_height, pool_width, stride)
+    tiled: bool           # non-overlapping windows that cover x: the reshape path
+
+
+def _pool_call(x, pool_param):
+    x = _as_images("x", x)
+    if x.size == 0:
+        raise ValueError(f"max pool needs a non-empty x, got shape {x.shape}")
+    pool_param = _param_dict(pool_param, "pool_param")
+    ph = _param_int(pool_param, "pool_param", "pool_height", 1)
+    pw = _param_int(pool_param, "pool_param", "pool_width", 1)
+    s = _param_int(pool_param, "pool_param", "stride", 1)
+    shapes = f"x {x.shape}, pool {ph}x{pw}, stride {s}"
+    Ho = _windows(x.shape[2], ph, s, "max pool height (H, pool_height)", shapes)
+    Wo = _windows(x.shape[3], pw, s, "max pool width (W, pool_width)", shapes)
+    if x.dtype.kind != "f":
+        x = x.astype(compute_dtype(x))
+    return x, ph, pw, s, Ho, Wo
+
+
+def max_pool_forward(x, pool_param):
+    """Max pooling over windows of x (N, C, H, W).
+
+    pool_param: 'pool_height', 'pool_width', 'stride'; the windows must tile H and W
+    ((H - pool_height) divisible by the stride). Returns out (N, C, Ho, Wo) and the cache
+    (each window's argmax). Of tied maxima the first in row-major order gets the gradient.
+    """
+    x, ph, pw, s, Ho, Wo = _pool_call(x, pool_param)
+    N, C, H, W = x.shape
+    tiled = s == ph == pw and H == Ho * ph and W == Wo * pw
+    if tiled:  # non-overlapping (2x2 stride 2, say): a reshape, no window view
+        win = x.reshape(N, C, Ho, ph, Wo, pw).transpose(0, 1, 2, 4, 3, 5)
+    else:
+        win = sliding_window_view(x, (ph, pw), axis=(2, 3))[:, :, ::s, ::s]
+    win = win.reshape(N, C, Ho, Wo, ph * pw)
+    argmax = win.argmax(axis=-1)
+    out = np.take_along_axis(win, argmax[..., None], axis=-1)[..., 0]
+    return np.ascontiguousarray(out), PoolCache(argmax, x.shape, x.dtype, (ph, pw, s), tiled)
+
+
+def max_pool_backward(dout, cache):
+    """dout (N, C, Ho, Wo) -> dx (N, C, H, W): each window's gradient goes to its argmax."""
+    _check_cache(cache, PoolCache, "max_pool_forward")
+    argmax, (N, C, H, W), dtype, (ph, pw, s), tiled = cache
+    Ho, Wo = argmax.shape[2:]
+    dout = _check_dout(dout, argmax.shape)
+    dtype = np.result_type(dout.dtype, dtype)
+    if tiled:
+        dwin = np.zeros((N, C, Ho, Wo, ph * pw), dtype=dtype)
+        np.put_along_axis(dwin, argmax[..., None], dout[..., None], axis=-1)
+        dx = dwin.reshape(N, C, Ho, Wo, ph, pw).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H, W)
+        return dx
+    dx = np.zeros((N, C, H, W), dtype=dtype)
+    for k in range(ph * pw):  # overlapping windows add up
+        i, j = divmod(k, pw)
+        dx[:, :, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s] += np.where(argmax == k, dout, 0)
+    return dx
+
+
+# ---------------------------------------------------------------- sandwich layers
+
+def norm_functions(norm: str, kernels: str = "fast"):
+    """(forward, backward) of a spatial norm on the compiled kernels or fastnorm.reference.
+
+    Looked up by name at call time, so the model follows whatever the package provides.
+    """
+    import fastnorm
+
+    module = fastnorm if kernels == "fast" else fastnorm.reference
+    name = {"spatial_batchnorm": "spatial_batchnorm", "groupnorm": "spatial_groupnorm"}[norm]
+    try:
+        return getattr(module, f"{name}_forward"), getattr(module, f"{name}_backward")
+    except AttributeError:
+        where = "fastnorm" if kernels == "fast" else "fastnorm.reference"
+        raise NotImplementedError(f"{where}.{name}_forward is not available in this build") from None
+
+
+class SandwichCache(NamedTuple):
+    conv: ConvCache
+    norm: object          # the norm's own cache, or None
+    relu: np.ndarray
+    pool: PoolCache | None
+    backward: object      # the norm's backward, or None
+
+
+def _check_sandwich(norm, gamma, beta, norm_param, G, kernels):
+    if norm not in CONV_NORMS:
+        raise ValueError(f"norm must be one of {CONV_NORMS}, got {norm!r}")
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if norm is None:
+        if gamma is not None or beta is not None or G is not None:
+            raise ValueError("gamma, beta and G apply only with a norm; norm is None")
+        return
+    if gamma is None or beta is None or norm_param is None:
+        raise ValueError(f"norm={norm!r} needs gamma, beta and norm_param")
+    if norm == "groupnorm" and G is None:
+        raise ValueError("norm='groupnorm' needs G, the number of groups")
+    if norm != "groupnorm" and G is not None:
+        raise ValueError(f"G applies only to norm='groupnorm', got norm={norm!r}")
+
+
+def _sandwich_forward(x, w, b, conv_param, pool_param, norm, gamma, beta, norm_param, G, kernels):
+    _check_sandwich(norm, gamma, beta, norm_param, G, kernels)
+    h, c_conv = conv_forward(x, w, b, conv_param)
+    c_norm = backward = None
+    if norm is not None:
+        forward, backward = norm_functions(norm, kernels)
+        if norm == "groupnorm":
+            h, c_norm = forward(h, gamma, beta, G, norm_param)
+        else:
+            h, c_norm = forward(h, gamma, beta, norm_param)
+    h, c_relu = relu_forward(h)
+    c_pool = None
+    if pool_param is not None:
+        h, c_pool = max_pool_forward(h, pool_param)
+    return h, SandwichCache(c_conv, c_norm, c_relu, c_pool, backward)
+
+
+def _sandwich_backward(dout, cache, forward_name):
+    _check_cache(cache, SandwichCache, forward_name)
+    c_conv, c_norm, c_relu, c_pool, backward = cache
+    if (c_pool is None) != (forward_name == "conv_norm_relu_forward"):
+        raise TypeError(f"cache must be the one returned by {forward_name}, got the other sandwich's")
+    dh = max_pool_backward(dout, c_pool) if c_pool is not None else dout
+    dh = relu_backward(dh, c_relu)
+    dgamma = dbeta = None
+    if backward is not None:
+        dh, dgamma, dbeta = backward(dh, c_norm)
+    dx, dw, db = conv_backward(dh, c_conv)
+    return dx, dw, db, dgamma, dbeta
+
+
+def conv_norm_relu_forward(x, w, b, conv_param, norm=None, gamma=None, beta=None, norm_param=None,
+                           G=None, kernels="fast"):
+    """conv -> [spatial batch norm | group norm] -> relu. Returns out (N, F, Ho, Wo) and the cache.
+
+    norm_param is the norm's bn_param / gn_param dict ('mode' 'train' or 'test', ...).
+    """
+    return _sandwich_forward(x, w, b, conv_param, None, norm, gamma, beta, norm_param, G, kernels)
+
+
+def conv_norm_relu_backward(dout, cache):
+    """(dx, dw, db, dgamma, dbeta); dgamma and dbeta are None without a norm."""
+    return _sandwich_backward(dout, cache, "conv_norm_relu_forward")
+
+
+def conv_norm_relu_pool_forward(x, w, b, conv_param, pool_param, norm=None, gamma=None, beta=None,
+                                norm_param=None, G=None, kernels="fast"):
+    """conv -> [spatial batch norm | group norm] -> relu -> max pool; see conv_norm_relu_forward."""
+    if pool_param is None:
+        raise ValueError("pool_param is required: 'pool_height', 'pool_width', 'stride'")
+    return _sandwich_forward(x, w, b, conv_param, pool_param, norm, gamma, beta, norm_param, G, kernels)
+
+
+def conv_norm_relu_pool_backward(dout, cache):
+    """(dx, dw, db, dgamma, dbeta); dgamma and dbeta are None without a norm."""
+    return _sandwich_backward(dout, cache, "conv_norm_relu_pool_forward")
