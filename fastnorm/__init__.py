@@ -22,6 +22,7 @@ from .normalization import (  # noqa: E402
 )
 from . import data, layers, optim  # noqa: E402
 from .fc_net import FullyConnectedNet  # noqa: E402
+from .convnet import ConvNet  # noqa: E402
 from .solver import Solver  # noqa: E402
 
 __version__ = "0.1.0"
@@ -42,5 +43,6 @@ __all__ = [
     "optim",
     "data",
     "FullyConnectedNet",
+    "ConvNet",
     "Solver",
 ]

@@ -1,0 +1,256 @@
+"""A convolutional net on the spatial normalization kernels, for the Solver.
+
+    model = ConvNet(input_dim=(3, 32, 32), num_filters=[16, 32], normalization="groupnorm", G=4)
+    loss, grads = model.loss(X, y)   # X (N, C, H, W), y (N,): train mode
+    scores = model.loss(X)           # y=None: test mode, scores (N, num_classes)
+
+Architecture: {conv - [spatial batch norm | group norm] - relu - 2x2 max pool} per
+entry of num_filters (stride-1 convolutions padded to keep H and W), then
+affine - [batch norm | layer norm] - relu, then affine - softmax.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import layers, normalization, reference
+from ._validate import as_real_array, real_in_range
+from .conv_layers import CONV_NORMS, conv_norm_relu_pool_backward, conv_norm_relu_pool_forward
+
+KERNELS = ("fast", "reference")
+HIDDEN_NORM = {"spatial_batchnorm": "batchnorm", "groupnorm": "layernorm"}  # of the hidden affine layer
+POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
+
+__all__ = ["ConvNet"]
+
+
+def _positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _int_tuple(name, value, length=None):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
+    values = tuple(_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if length is not None and len(values) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(values)}: {values}")
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    return values
+
+
+def _float_dtype(dtype) -> np.dtype:
+    try:  # np.dtype(None) is float64, np.dtype("banana") a message without the argument
+        ok = dtype is not None and np.dtype(dtype) in (np.float32, np.float64)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype must be float32 or float64, got {getattr(dtype, '__name__', repr(dtype))}")
+    return np.dtype(dtype)
+
+
+class ConvNet:
+    """[conv - norm - relu - 2x2 max pool] x S - affine - norm - relu - affine - softmax.
+
+    Parameters
+    ----------
+    input_dim : (C, H, W) of one sample; H and W must stay even through the S pools.
+    num_filters : int (one stage) or a sequence of ints, the filters of each stage.
+    filter_size : odd int; every convolution has stride 1 and pad (filter_size - 1) // 2.
+    hidden_dim : int, width of the hidden affine layer.
+    num_classes : int.
+    normalization : None; "spatial_batchnorm" (the hidden layer then uses batch norm);
+        or "groupnorm" with G groups (the hidden layer then uses layer norm).
+    G : groups of group norm, required with it and dividing every filter count.
+    reg : L2 strength; the loss adds 0.5 * reg * sum of ||W||^2 (weights only).
+    weight_scale : std of the normal initial weights.
+    dtype : np.float32 or np.float64; parameters and computation use it.
+    seed : when given, the weights come from np.random.RandomState(seed) (the same
+        draws as np.random.seed(seed) before the call) and NumPy's global generator
+        is left alone; without it, from the global generator.
+    kernels : "fast" (the compiled kernels) or "reference" (fastnorm.reference's NumPy).
+
+    Initialisation, layer by layer in order: W = weight_scale * randn(F, C, k, k) per
+    stage, then (D, hidden_dim) and (hidden_dim, num_classes); b zeros, gamma ones,
+    beta zeros, all of dtype. Parameters W1..WL, b1..bL (L = S + 2) and, normalized,
+    gamma1..gamma(S+1), beta1..beta(S+1): shape (F,) for spatial batch norm, (1, F, 1, 1)
+    for group norm, (hidden_dim,) for the hidden layer. ``bn_params`` holds one dict per
+    normalized layer (its running statistics for batch norm). ``input_dim`` is stored as
+    the number of values per sample (C * H * W), what the Solver checks; ``input_shape``
+    is (C, H, W).
+    """
+
+    def __init__(self, input_dim=(3, 32, 32), num_filters=32, filter_size=3, hidden_dim=100,
+                 num_classes=10, normalization=None, G=None, reg=0.0, weight_scale=1e-3,
+                 dtype=np.float32, seed=None, kernels="fast"):
+        self.input_shape = _int_tuple("input_dim", input_dim, length=3)
+        if isinstance(num_filters, numbers.Integral) and not isinstance(num_filters, (bool, np.bool_)):
+            num_filters = (num_filters,)
+        self.num_filters = _int_tuple("num_filters", num_filters)
+        self.filter_size = _positive_int("filter_size", filter_size)
+        if self.filter_size % 2 == 0:
+            raise ValueError(f"filter_size must be odd, so that a stride-1 convolution keeps H and W; "
+                             f"got {self.filter_size}")
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.num_classes = _positive_int("num_classes", num_classes)
+        if normalization not in CONV_NORMS:
+            raise ValueError(f"normalization must be one of {CONV_NORMS}, got {normalization!r}")
+        if normalization == "groupnorm":
+            if G is None:
+                raise ValueError("normalization='groupnorm' needs G, the number of groups")
+            G = _positive_int("G", G)
+            bad = [f for f in self.num_filters if f % G]
+            if bad:
+                raise ValueError(f"G={G} must divide every filter count; num_filters {list(self.num_filters)} "
+                                 f"has {bad}")
+        elif G is not None:
+            raise ValueError(f"G applies only to normalization='groupnorm', got normalization={normalization!r}")
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        self.reg = real_in_range("reg", reg, 0.0)
+        weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
+        self.dtype = _float_dtype(dtype)
+        if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)
+                                 or not 0 <= seed < 2**32):
+            raise ValueError(f"seed must be None or an integer in [0, 2**32), got {seed!r}")
+        C, H, W = self.input_shape
+        for stage in range(1, len(self.num_filters) + 1):
+            if H % 2 or W % 2:
+                raise ValueError(f"input_dim {self.input_shape} with {len(self.num_filters)} stages: the 2x2 "
+                                 f"pool of stage {stage} gets H x W = {H} x {W}, which must be even")
+            H, W = H // 2, W // 2
+
+        self.normalization = normalization
+        self.G = G
+        self.kernels = kernels
+        self.seed = seed
+        self.num_stages = len(self.num_filters)
+        self.num_layers = self.num_stages + 2
+        self.input_dim = math.prod(self.input_shape)
+        self.conv_param = {"stride": 1, "pad": (self.filter_size - 1) // 2}
+        self.pool_param = dict(POOL)
+        rng = np.random if seed is None else np.random.RandomState(seed)
+        self.params = self._init_params(rng, weight_scale, self.num_filters[-1] * H * W)
+        n_norm = self.num_stages + 1 if normalization else 0
+        self.bn_params = [{"mode": "train"} for _ in range(n_norm)]
+
+    def _init_params(self, rng, weight_scale, flat_dim):
+        # layer by layer, in this order, so a seed reproduces the net
+        params = {}
+        k, S = self.filter_size, self.num_stages
+        channels = (self.input_shape[0], *self.num_filters)
+        shapes = [(channels[i + 1], channels[i], k, k) for i in range(S)]
+        shapes += [(flat_dim, self.hidden_dim), (self.hidden_dim, self.num_classes)]
+        for i, shape in enumerate(shapes, start=1):
+            params[f"W{i}"] = (weight_scale * rng.randn(*shape)).astype(self.dtype)
+            params[f"b{i}"] = np.zeros(shape[0] if i <= S else shape[1], dtype=self.dtype)
+            if self.normalization and i <= S + 1:
+                width = shape[0] if i <= S else shape[1]
+                norm_shape = (1, width, 1, 1) if self.normalization == "groupnorm" and i <= S else (width,)
+                params[f"gamma{i}"] = np.ones(norm_shape, dtype=self.dtype)
+                params[f"beta{i}"] = np.zeros(norm_shape, dtype=self.dtype)
+        return params
+
+    # ------------------------------------------------------------ helpers
+
+    def _hidden_norm(self):
+        """(forward, backward) of the hidden affine layer's norm, or (None, None)."""
+        if not self.normalization:
+            return None, None
+        module = normalization if self.kernels == "fast" else reference
+        if HIDDEN_NORM[self.normalization] == "batchnorm":
+            return module.batchnorm_forward, module.batchnorm_backward_alt
+        return module.layernorm_forward, module.layernorm_backward
+
+    def check_inputs(self, X, y=None):
+        """X as an (N, C, H, W) array of self.dtype; y checked labels."""
+        X = as_real_array("X", X)
+        if X.ndim != 4 or X.shape[1:] != self.input_shape or X.shape[0] == 0:
+            hint = ""
+            if X.ndim == 4 and X.shape[1:] == (*self.input_shape[1:], self.input_shape[0]):
+                hint = "; for channels-last images pass X.transpose(0, 3, 1, 2)"
+            elif X.ndim >= 2 and math.prod(X.shape[1:]) == self.input_dim:
+                hint = f"; reshape it to (N, *{self.input_shape})"
+            raise ValueError(f"X must be (N, C, H, W) = (N, *{self.input_shape}) with N >= 1, "
+                             f"got shape {X.shape}{hint}")
+        if y is not None:
+            y = layers.check_labels(y, X.shape[0], self.num_classes)
+        return X.astype(self.dtype, copy=False), y
+
+    def _stage_norm(self, i):
+        """The sandwich keywords of stage i (1-based)."""
+        if not self.normalization:
+            return {"kernels": self.kernels}
+        return {"norm": self.normalization, "gamma": self.params[f"gamma{i}"], "beta": self.params[f"beta{i}"],
+                "norm_param": self.bn_params[i - 1], "G": self.G, "kernels": self.kernels}
+
+    # ------------------------------------------------------------ loss
+
+    def loss(self, X, y=None):
+        """Scores (N, num_classes) when y is None (test mode); else (loss, grads) in train mode.
+
+        grads[k] has the shape and dtype of params[k].
+        """
+        X, y = self.check_inputs(X, y)
+        mode = "test" if y is None else "train"
+        for bn_param in self.bn_params:
+            bn_param["mode"] = mode
+        scores, caches = self._forward(X)
+        if y is None:
+            return scores
+        loss, dscores = layers.softmax_loss(scores, y)
+        grads = self._backward(dscores, caches)
+        if self.reg:  # reg 0 adds nothing (and 0 * inf would make a NaN of an overflow)
+            for i in range(1, self.num_layers + 1):
+                W = self.params[f"W{i}"]
+                loss += 0.5 * self.reg * float(np.sum(W * W))
+                grads[f"W{i}"] += self.reg * W
+        return loss, grads
+
+    def _forward(self, X):
+        p, S = self.params, self.num_stages
+        caches = []
+        h = X
+        for i in range(1, S + 1):
+            h, cache = conv_norm_relu_pool_forward(h, p[f"W{i}"], p[f"b{i}"], self.conv_param,
+                                                   self.pool_param, **self._stage_norm(i))
+            caches.append(cache)
+        i = S + 1
+        h, c_aff = layers.affine_forward(h, p[f"W{i}"], p[f"b{i}"])
+        norm_forward = self._hidden_norm()[0]
+        c_norm = None
+        if norm_forward:
+            h, c_norm = norm_forward(h, p[f"gamma{i}"], p[f"beta{i}"], self.bn_params[i - 1])
+        h, c_relu = layers.relu_forward(h)
+        caches.append((c_aff, c_norm, c_relu))
+        scores, c_last = layers.affine_forward(h, p[f"W{S + 2}"], p[f"b{S + 2}"])
+        caches.append(c_last)
+        return scores, caches
+
+    def _backward(self, dscores, caches):
+        """Gradients of every parameter from dscores (N, C), without the L2 term."""
+        S, grads = self.num_stages, {}
+        dh, grads[f"W{S + 2}"], grads[f"b{S + 2}"] = layers.affine_backward(dscores, caches[-1])
+        i = S + 1
+        c_aff, c_norm, c_relu = caches[S]
+        dh = layers.relu_backward(dh, c_relu)
+        norm_backward = self._hidden_norm()[1]
+        if norm_backward:
+            dh, grads[f"gamma{i}"], grads[f"beta{i}"] = norm_backward(dh, c_norm)
+        dh, grads[f"W{i}"], grads[f"b{i}"] = layers.affine_backward(dh, c_aff)
+        for i in range(S, 0, -1):
+            dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = conv_norm_relu_pool_backward(dh, caches[i - 1])
+            if self.normalization:
+                grads[f"gamma{i}"], grads[f"beta{i}"] = dgamma, dbeta
+        return grads
+
+    def __repr__(self):
+        G = f", G={self.G}" if self.G is not None else ""
+        return (f"ConvNet(input_dim={self.input_shape}, num_filters={list(self.num_filters)}, "
+                f"filter_size={self.filter_size}, hidden_dim={self.hidden_dim}, num_classes={self.num_classes}, "
+                f"normalization={self.normalization!r}{G}, dtype={self.dtype.name}, kernels={self.kernels!r})")
