@@ -4,7 +4,7 @@ ConvolutionalNetworks notebook's printed numbers and numeric gradients."""
 import numpy as np
 import pytest
 
-from fastnorm import layers
+from fastnorm import layers, reference
 from fastnorm.gradient_check import eval_numerical_gradient_array as numeric
 
 from conftest import rel_error
@@ -241,3 +241,45 @@ def test_sandwich_argument_errors(rng):
         layers.conv_norm_relu_forward(x, w, b, cp, kernels="gpu")
     with pytest.raises(ValueError, match="pool_param is required"):
         layers.conv_norm_relu_pool_forward(x, w, b, cp, None)
+
+
+SANDWICH_KERNELS = ["reference"]  # TEMP until nd compiled
+
+
+@pytest.mark.parametrize("kernels", SANDWICH_KERNELS)
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("norm", ["spatial_batchnorm", "groupnorm"])
+def test_sandwich_with_norm_numeric(rng, norm, pool, kernels):
+    x, w, b = rng.standard_normal((3, 2, 4, 4)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    shape = (4,) if norm == "spatial_batchnorm" else (1, 4, 1, 1)
+    gamma, beta = 1 + 0.1 * rng.standard_normal(shape), 0.1 * rng.standard_normal(shape)
+    cp = {"stride": 1, "pad": 1}
+    G = 2 if norm == "groupnorm" else None
+
+    def f(x, w, b, gamma, beta):
+        kw = dict(norm=norm, gamma=gamma, beta=beta, norm_param={"mode": "train"}, G=G, kernels=kernels)
+        if pool:
+            return layers.conv_norm_relu_pool_forward(x, w, b, cp, POOL_2x2, **kw)
+        return layers.conv_norm_relu_forward(x, w, b, cp, **kw)
+
+    args = [x, w, b, gamma, beta]
+    out, cache = f(*args)
+    h = conv_oracle(x, w, b, 1, 1)
+    if norm == "groupnorm":
+        h = reference.spatial_groupnorm_forward(h, gamma, beta, G, {})[0]
+    else:
+        h = reference.spatial_batchnorm_forward(h, gamma, beta, {"mode": "train"})[0]
+    h = np.maximum(h, 0)
+    np.testing.assert_allclose(out, pool_oracle(h, 2, 2, 2) if pool else h, rtol=1e-10, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    backward = layers.conv_norm_relu_pool_backward if pool else layers.conv_norm_relu_backward
+    grads = backward(dout, cache)
+    for k, (arg, grad) in enumerate(zip(args, grads)):
+        def only(v, k=k):
+            return f(*[v if j == k else a for j, a in enumerate(args)])[0]
+        num = numeric(only, arg, dout)
+        assert grad.shape == arg.shape
+        if norm == "spatial_batchnorm" and k == 2:  # a bias before batch norm has no effect
+            assert np.max(np.abs(grad)) < 1e-12 and np.max(np.abs(num)) < 1e-9
+        else:
+            assert rel_error(num, grad) < GRAD_TOL, ["x", "w", "b", "gamma", "beta"][k]
