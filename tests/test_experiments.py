@@ -16,6 +16,8 @@ TINY_CHANGES = {
     "weight-scale": dict(TINY, weight_scales=(1e-3, 1e-1, 1.0)),
     "batch-size": dict(TINY, batch_sizes=(5, 10, 50)),
     "layernorm-batch-size": dict(TINY, batch_sizes=(5, 10, 50)),
+    "convnet-norms": dict(num_filters=(4,), hidden_dim=8, num_epochs=2, num_train=100,
+                          weight_scales=(1e-3, 1e-2, 1.0), batch_sizes=(10, 50), weight_scale=1e-2),
 }
 
 
@@ -67,7 +69,8 @@ def test_record_has_every_history(all_both, name):
     record = load(all_both, name)
     config = configs.get_config(name, quick=True)
     assert record["experiment"] == name
-    assert record["settings"]["hidden_dims"] == list(config.hidden_dims)
+    for key, value in json.loads(json.dumps(config.to_dict())).items():
+        assert record["settings"][key] == value, key
     assert record["settings"]["input_dim"] == 64 and record["settings"]["num_classes"] == 10
     assert set(record["runs"]) == {"fast", "reference"}
     for run in record["runs"].values():

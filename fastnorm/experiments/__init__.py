@@ -1,4 +1,4 @@
-"""The batch-normalization notebook's four experiments, run from one command.
+"""The batch-normalization notebook's four experiments and the ConvNet one, run from one command.
 
     fastnorm experiment all --quick --out results/
 
@@ -7,7 +7,7 @@ figure per experiment (runner, results, plots) and a Markdown report
 (report) whose statements are computed from the records.
 """
 
-from .configs import EXPERIMENTS, ExperimentConfig, ModelSpec, get_config
+from .configs import EXPERIMENTS, ConvExperimentConfig, ExperimentConfig, ModelSpec, get_config
 from .runner import run_experiment
 
-__all__ = ["EXPERIMENTS", "ExperimentConfig", "ModelSpec", "get_config", "run_experiment"]
+__all__ = ["EXPERIMENTS", "ConvExperimentConfig", "ExperimentConfig", "ModelSpec", "get_config", "run_experiment"]

@@ -1,8 +1,10 @@
-"""Settings of the notebook's four experiments, and the smaller --quick ones.
+"""Settings of the notebook's four experiments, the ConvNet one, and the smaller --quick ones.
 
 Each experiment is a set of models that differ only in normalization, weight
 scale and batch size; everything else (architecture, optimizer, epochs, number
-of training samples) is shared and listed in its ExperimentConfig.
+of training samples) is shared and listed in its ExperimentConfig (the
+fully-connected net's) or ConvExperimentConfig (the ConvNet's), which also
+builds the models.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EXPERIMENTS = ("bn-vs-baseline", "weight-scale", "batch-size", "layernorm-batch-size")
+EXPERIMENTS = ("bn-vs-baseline", "weight-scale", "batch-size", "layernorm-batch-size", "convnet-norms")
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class ModelSpec:
     """One trained model of an experiment."""
 
     label: str                 # legend label, as the notebook names the curve
-    normalization: str | None  # None, 'batchnorm' or 'layernorm'
+    normalization: str | None  # None, 'batchnorm', 'layernorm', 'spatial_batchnorm' or 'groupnorm'
     weight_scale: float
     batch_size: int
 
@@ -51,13 +53,72 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def build_model(self, spec: ModelSpec, subset: dict, *, kernels: str, seed: int | None = None):
+        """The FullyConnectedNet of one model, its weights from NumPy's global generator."""
+        from ..fc_net import FullyConnectedNet
+        from .runner import input_dim, num_classes
+
+        return FullyConnectedNet(list(self.hidden_dims), input_dim=input_dim(subset),
+                                 num_classes=num_classes(subset), normalization=spec.normalization,
+                                 weight_scale=spec.weight_scale, dtype=np.float32, seed=seed, kernels=kernels)
+
+
+@dataclass(frozen=True)
+class ConvExperimentConfig:
+    """The same ConvNet without normalization, with spatial batch norm and with group norm,
+    over a sweep of weight scales (at batch_size) and of batch sizes (at weight_scale)."""
+
+    name: str
+    num_filters: tuple[int, ...]
+    filter_size: int
+    hidden_dim: int
+    G: int                              # group norm's groups
+    weight_scales: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    weight_scale: float                 # of the batch-size sweep and the training curves
+    batch_size: int                     # of the weight-scale sweep and the training curves
+    learning_rate: float
+    num_epochs: int
+    num_train: int = 1000
+    update_rule: str = "adam"
+    normalizations: tuple = (None, "spatial_batchnorm", "groupnorm")
+
+    def models(self) -> list[ModelSpec]:
+        """Per normalization: the weight-scale sweep, then the batch sizes not already in it."""
+        specs = []
+        for norm in self.normalizations:
+            stem = norm or "baseline"
+            pairs = [(scale, self.batch_size) for scale in self.weight_scales]
+            pairs += [(self.weight_scale, size) for size in self.batch_sizes
+                      if (self.weight_scale, size) not in pairs]
+            specs += [ModelSpec(f"{stem} ws={scale:.1e} batch={size}", norm, scale, size) for scale, size in pairs]
+        return specs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def build_model(self, spec: ModelSpec, subset: dict, *, kernels: str, seed: int | None = None):
+        """The ConvNet of one model, its weights from NumPy's global generator (seed is
+        the run's, already set there)."""
+        from ..convnet import ConvNet
+        from .runner import num_classes
+
+        return ConvNet(input_dim=subset["X_train"].shape[1:], num_filters=self.num_filters,
+                       filter_size=self.filter_size, hidden_dim=self.hidden_dim,
+                       num_classes=num_classes(subset), normalization=spec.normalization,
+                       G=self.G if spec.normalization == "groupnorm" else None,
+                       weight_scale=spec.weight_scale, dtype=np.float32, kernels=kernels)
+
+
+Config = ExperimentConfig | ConvExperimentConfig
+
 
 def _label(stem: str, batch_size: int, config: ExperimentConfig) -> str:
     # The notebook appends the batch size to the legend only in the batch-size plots.
     return f"{stem}{batch_size}" if len(config.batch_sizes) > 1 else stem
 
 
-def _notebook() -> dict[str, ExperimentConfig]:
+def _notebook() -> dict[str, Config]:
     deep = dict(hidden_dims=(100,) * 5, weight_scales=(2e-2,))
     batch_sweep = dict(deep, batch_sizes=(5, 10, 50), baseline_batch_size=5,
                        learning_rate=10 ** -3.5, num_epochs=10)
@@ -71,6 +132,11 @@ def _notebook() -> dict[str, ExperimentConfig]:
             batch_sizes=(50,), baseline_batch_size=50, learning_rate=1e-3, num_epochs=10),
         "batch-size": ExperimentConfig("batch-size", "batchnorm", **batch_sweep),
         "layernorm-batch-size": ExperimentConfig("layernorm-batch-size", "layernorm", **batch_sweep),
+        # the notebook's sweeps (weight scales 1e-4..1, batch sizes 5, 10, 50) on a two-stage ConvNet
+        "convnet-norms": ConvExperimentConfig(
+            "convnet-norms", num_filters=(16, 32), filter_size=3, hidden_dim=100, G=4,
+            weight_scales=tuple(float(s) for s in np.logspace(-4, 0, num=9)), batch_sizes=(5, 10, 50),
+            weight_scale=1e-2, batch_size=50, learning_rate=1e-3, num_epochs=10),
     }
 
 
@@ -81,9 +147,11 @@ QUICK_CHANGES: dict[str, dict] = {
     "weight-scale": dict(num_epochs=5, weight_scales=tuple(float(s) for s in np.logspace(-4, 0, num=9))),
     "batch-size": dict(num_epochs=4),
     "layernorm-batch-size": dict(num_epochs=4),
+    "convnet-norms": dict(num_filters=(8, 16), num_epochs=3, num_train=500,
+                          weight_scales=tuple(float(s) for s in np.logspace(-4, 0, num=5))),
 }
 
-NOTEBOOK: dict[str, ExperimentConfig] = _notebook()
+NOTEBOOK: dict[str, Config] = _notebook()
 
 
 def ran_quick(record: dict) -> bool:
@@ -92,7 +160,7 @@ def ran_quick(record: dict) -> bool:
     return bool(record["settings"]["quick"] and QUICK_CHANGES.get(record["experiment"]))
 
 
-def get_config(name: str, quick: bool = False) -> ExperimentConfig:
+def get_config(name: str, quick: bool = False) -> Config:
     """The notebook's settings of experiment `name`, or the --quick ones."""
     if name not in NOTEBOOK:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")

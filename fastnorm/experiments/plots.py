@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from .configs import ran_quick
 
 NORM_TITLES = {"batchnorm": "Batch Normalization", "layernorm": "Layer Normalization"}
+CONV_LABELS = {None: "baseline", "spatial_batchnorm": "spatial batchnorm", "groupnorm": "groupnorm"}
 
 
 def primary_run(record: dict) -> dict:
@@ -27,7 +28,8 @@ def primary_run(record: dict) -> dict:
 def plot_experiment(record: dict, path: Path) -> Path:
     """Draw the experiment's figure into path (PNG)."""
     draw = {"bn-vs-baseline": _bn_vs_baseline, "weight-scale": _weight_scale,
-            "batch-size": _batch_size, "layernorm-batch-size": _batch_size}[record["experiment"]]
+            "batch-size": _batch_size, "layernorm-batch-size": _batch_size,
+            "convnet-norms": _convnet_norms}[record["experiment"]]
     fig = draw(record)
     FigureCanvasAgg(fig)
     fig.suptitle(_caption(record), fontsize=10)
@@ -125,3 +127,63 @@ def _clip_loss_axis(ax, curves: dict) -> None:
     finite = losses[np.isfinite(losses)]
     low = min(1.0, float(finite.min()) * 0.9) if finite.size else 1.0
     ax.set_ylim(low, 3.5)
+
+
+def convnet_curves(record: dict) -> dict:
+    """Per normalization of a convnet-norms record: its model at the shared setting
+    ('curve'), its weight-scale sweep ('by_scale') and its batch-size sweep ('by_batch'),
+    each sweep sorted."""
+    s = record["settings"]
+    models = primary_run(record)["models"]
+    curves = {}
+    for norm in s["normalizations"]:
+        mine = [m for m in models if m["normalization"] == norm]
+        curves[norm] = {
+            "curve": next(m for m in mine if m["weight_scale"] == s["weight_scale"]
+                          and m["batch_size"] == s["batch_size"]),
+            "by_scale": sorted((m for m in mine if m["batch_size"] == s["batch_size"]),
+                               key=lambda m: m["weight_scale"]),
+            "by_batch": sorted((m for m in mine if m["weight_scale"] == s["weight_scale"]),
+                               key=lambda m: m["batch_size"]),
+        }
+    return curves
+
+
+def final(history) -> float:
+    """The last entry of a history (NaN when empty or missing)."""
+    values = _values(history)
+    return float(values[-1]) if values.size else float("nan")
+
+
+def _convnet_norms(record: dict) -> Figure:
+    s = record["settings"]
+    curves = convnet_curves(record)
+    fig = Figure(figsize=(15, 12), layout="constrained")
+    (loss_ax, acc_ax), (scale_ax, batch_ax) = fig.subplots(2, 2)
+    shared = f"weight scale {s['weight_scale']:.1e}, batch {s['batch_size']}"
+    loss_ax.set(title=f"Training loss ({shared})", xlabel="Iteration", ylabel="Loss")
+    acc_ax.set(title=f"Accuracy ({shared}): training solid, validation dashed", xlabel="Epoch",
+               ylabel="Accuracy")
+    scale_ax.set(title=f"Final accuracy vs weight initialization scale (batch {s['batch_size']})",
+                 xlabel="Weight initialization scale", ylabel="Final accuracy")
+    batch_ax.set(title=f"Final accuracy vs batch size (weight scale {s['weight_scale']:.1e})",
+                 xlabel="Batch size", ylabel="Final accuracy")
+    for k, (norm, c) in enumerate(curves.items()):
+        color, label = f"C{k}", CONV_LABELS.get(norm, norm)
+        if norm == "groupnorm":
+            label += f" (G={s['G']})"
+        loss_ax.plot(_values(c["curve"]["loss_history"]), "o", color=color, markersize=3, label=label)
+        acc_ax.plot(_values(c["curve"]["train_acc_history"]), "-o", color=color, label=f"{label}, training")
+        acc_ax.plot(_values(c["curve"]["val_acc_history"]), "--^", color=color, label=f"{label}, validation")
+        for ax, key, runs in ((scale_ax, "weight_scale", c["by_scale"]), (batch_ax, "batch_size", c["by_batch"])):
+            x = [m[key] for m in runs]
+            ax.semilogx(x, [final(m["val_acc_history"]) for m in runs], "--^", color=color,
+                        label=f"{label}, validation")
+            ax.semilogx(x, [final(m["train_acc_history"]) for m in runs], "-o", color=color,
+                        label=f"{label}, training")
+    batch_ax.minorticks_off()
+    batch_ax.set_xticks(s["batch_sizes"], [str(b) for b in s["batch_sizes"]])
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (loss_ax, acc_ax, scale_ax, batch_ax):
+        ax.legend(fontsize=8)
+    return fig

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .configs import ran_quick
-from .plots import primary_run
+from .plots import CONV_LABELS, convnet_curves, final, primary_run
 
 DRIFT = 1e-3  # loss difference at which two runs count as apart
 TRAINS_FACTOR = 2  # a model "trains" when its best training accuracy reaches twice chance
@@ -22,6 +22,7 @@ TITLES = {
     "weight-scale": "Batch normalization and weight initialization",
     "batch-size": "Batch normalization and batch size",
     "layernorm-batch-size": "Layer normalization and batch size",
+    "convnet-norms": "A ConvNet without normalization, with spatial batch norm and with group norm",
 }
 
 
@@ -220,13 +221,24 @@ def _section(record: dict, by_name: dict) -> list[str]:
     name = record["experiment"]
     s = record["settings"]
     lines = [f"## {TITLES[name]} (`{name}`)", "", f"![{name}]({name}.png)", "",
-             f"Hidden layers {list(s['hidden_dims'])}, {s['update_rule']} with learning rate "
+             f"{_architecture(s)}, {s['update_rule']} with learning rate "
              f"{s['learning_rate']:.2g}, {s['num_epochs']} epochs on {s['num_train']} training samples "
              f"of {s['dataset']}, seed {s['seed']} "
              f"({'--quick settings' if ran_quick(record) else 'the notebook settings'}).", ""]
     body = {"bn-vs-baseline": _bn_vs_baseline, "weight-scale": _weight_scale,
-            "batch-size": _batch_size, "layernorm-batch-size": _batch_size}[name]
+            "batch-size": _batch_size, "layernorm-batch-size": _batch_size,
+            "convnet-norms": _convnet_norms}[name]
     return lines + body(record, by_name) + [""]
+
+
+def _architecture(s: dict) -> str:
+    if "num_filters" not in s:
+        return f"Hidden layers {list(s['hidden_dims'])}"
+    k = s["filter_size"]
+    return (f"ConvNet: {len(s['num_filters'])} stage(s) of {list(s['num_filters'])} filters ({k}x{k}, stride 1, "
+            f"padded to keep the size) each with a 2x2 max pool, then a hidden layer of {s['hidden_dim']}; "
+            f"group norm with G={s['G']} (its hidden layer with layer norm), spatial batch norm's hidden "
+            f"layer with batch norm")
 
 
 def _bn_vs_baseline(record: dict, by_name: dict) -> list[str]:
@@ -356,3 +368,47 @@ def _bn_vs_ln_sentence(bn_record: dict, ln_record: dict) -> str:
         how = f"{'more' if ln > bn else 'less'} on the batch size than"
     return (f"- Across batch sizes the final validation accuracy spreads over {bn:.3f} with batchnorm "
             f"and {ln:.3f} with layernorm: in this run layernorm's result depends {how} batchnorm's.")
+
+
+def _convnet_norms(record: dict, by_name: dict) -> list[str]:
+    s = record["settings"]
+    curves = convnet_curves(record)
+    names = {norm: CONV_LABELS.get(norm, str(norm)) for norm in curves}
+    base = curves.get(None)
+    lines = []
+    for key, what in (("val_acc_history", "validation"), ("train_acc_history", "training")):
+        values = {norm: final(c["curve"][key]) for norm, c in curves.items()}
+        parts = [f"{_acc(v)} {'without normalization' if norm is None else 'with ' + names[norm]}"
+                 + (f" ({_signed(v - values[None])})" if norm is not None and base else "")
+                 for norm, v in values.items()]
+        lines.append(f"- At weight scale {_scale(s['weight_scale'])} and batch {s['batch_size']} the final "
+                     f"{what} accuracy is {', '.join(parts)}.")
+    epoch_one = [(norm, _at(c["curve"]["train_acc_history"], 1)) for norm, c in curves.items()]
+    if s["num_epochs"] > 1:
+        lines.append("- After the first epoch the training accuracy is "
+                     + ", ".join(f"{_acc(v)} ({names[norm]})" for norm, v in epoch_one) + ".")
+    lines.append(f"- Mean training loss over the last {min(100, len(next(iter(curves.values()))['curve']['loss_history']))} "
+                 "iterations: " + ", ".join(f"{_num(c['curve']['final_train_loss']):.3f} ({names[norm]})"
+                                            for norm, c in curves.items()) + ".")
+    level = TRAINS_FACTOR / s["num_classes"]
+    lines.append(f"- Weight scales {_scale(s['weight_scales'][0])} to {_scale(s['weight_scales'][-1])} at batch "
+                 f"{s['batch_size']}; a model counts as training when its best training accuracy reaches "
+                 f"{level:.2f} ({TRAINS_FACTOR}x chance).")
+    for norm, c in curves.items():
+        lines.append(f"  - {names[norm]}: {_trains_sentence(c['by_scale'], level)} Best validation accuracy "
+                     f"{_best_at(c['by_scale'])}; {_diverged_sentence(c['by_scale'])}")
+    spreads = {}
+    for norm, c in curves.items():
+        values = [final(m["val_acc_history"]) for m in c["by_batch"]]
+        spreads[norm] = round(max(values) - min(values), 3)
+        per_size = ", ".join(f"{_acc(v)} at batch {m['batch_size']}" for v, m in zip(values, c["by_batch"]))
+        lines.append(f"- Final validation accuracy of {names[norm]} at weight scale {_scale(s['weight_scale'])}: "
+                     f"{per_size} ({_trend(c['by_batch'], values)}, spread {spreads[norm]:.3f}).")
+    if {"spatial_batchnorm", "groupnorm"} <= spreads.keys():
+        bn, gn = spreads["spatial_batchnorm"], spreads["groupnorm"]
+        how = "as much on the batch size as" if bn == gn else f"{'more' if gn > bn else 'less'} on the batch size than"
+        lines.append(f"- Across batch sizes the final validation accuracy spreads over {bn:.3f} with spatial "
+                     f"batchnorm and {gn:.3f} with groupnorm: in this run group norm's result depends {how} "
+                     "batch norm's.")
+    lines.append(f"- One validation sample is {1 / s['num_val']:.3f} of validation accuracy.")
+    return lines

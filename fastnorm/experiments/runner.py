@@ -20,13 +20,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from .configs import ExperimentConfig, ModelSpec
+from .configs import Config, ModelSpec
 
 BLAS_THREADS = 1
 LAST_LOSSES = 100  # the notebook's "final training loss" is the mean of the last 100 iterations
 
 
-def run_experiment(config: ExperimentConfig, data: dict, *, seed: int, kernels=("fast",), repeat: int = 1,
+def run_experiment(config: Config, data: dict, *, seed: int, kernels=("fast",), repeat: int = 1,
                    dataset: str = "digits", quick: bool = False, progress: bool | None = None) -> dict:
     """Train every model of `config` once per entry of `kernels`; the experiment's record.
 
@@ -75,16 +75,16 @@ def _faster(kept: dict | None, new: dict) -> dict:
     return {**kept, "time_s": min(kept["time_s"], new["time_s"]), "times_s": kept["times_s"] + [new["time_s"]]}
 
 
-def _warm_up(config: ExperimentConfig, subset: dict, kernels) -> None:
-    """One forward/backward per kernel set before any clock starts: thread pools
-    (BLAS, OpenMP) and lazy imports would otherwise bill the first model."""
-    from ..fc_net import FullyConnectedNet
-
-    for kind in kernels:
-        model = FullyConnectedNet(list(config.hidden_dims), input_dim=input_dim(subset),
-                                  num_classes=num_classes(subset), normalization=config.normalization,
-                                  kernels=kind)
-        model.loss(subset["X_train"][:config.batch_sizes[0]], subset["y_train"][:config.batch_sizes[0]])
+def _warm_up(config: Config, subset: dict, kernels) -> None:
+    """One forward/backward per normalization and kernel set before any clock starts:
+    thread pools (BLAS, OpenMP) and lazy imports would otherwise bill the first model."""
+    first = {}
+    for spec in config.models():
+        first.setdefault(spec.normalization, spec)
+    for spec in first.values():
+        for kind in kernels:
+            model = config.build_model(spec, subset, kernels=kind)
+            model.loss(subset["X_train"][:spec.batch_size], subset["y_train"][:spec.batch_size])
 
 
 def training_subset(data: dict, num_train: int) -> dict:
@@ -101,9 +101,10 @@ def training_subset(data: dict, num_train: int) -> dict:
             "y_val": np.asarray(data["y_val"])}
 
 
-def settings(config: ExperimentConfig, subset: dict, *, seed: int, dataset: str, quick: bool) -> dict:
+def settings(config: Config, subset: dict, *, seed: int, dataset: str, quick: bool) -> dict:
     return {**config.to_dict(), "dataset": dataset, "seed": seed, "quick": quick,
             "input_dim": input_dim(subset),
+            "input_shape": list(subset["X_train"].shape[1:]),
             "num_classes": num_classes(subset),
             "num_val": len(subset["X_val"])}
 
@@ -125,18 +126,14 @@ def environment() -> dict:
             "blas_threads": BLAS_THREADS}
 
 
-def train_model(spec: ModelSpec, config: ExperimentConfig, subset: dict, *, seed: int,
+def train_model(spec: ModelSpec, config: Config, subset: dict, *, seed: int,
                 kernels: str, progress: bool = False) -> dict:
     """Build and train one model from np.random.seed(seed); its histories and summaries."""
-    from ..fc_net import FullyConnectedNet
     from ..solver import Solver
 
     np.random.seed(seed)
     start = time.perf_counter()
-    model = FullyConnectedNet(list(config.hidden_dims), input_dim=input_dim(subset),
-                              num_classes=num_classes(subset), normalization=spec.normalization,
-                              weight_scale=spec.weight_scale, dtype=np.float32, seed=seed,
-                              kernels=kernels)
+    model = config.build_model(spec, subset, kernels=kernels, seed=seed)
     solver = Solver(model, subset, update_rule=config.update_rule,
                     optim_config={"learning_rate": config.learning_rate},
                     num_epochs=config.num_epochs, batch_size=spec.batch_size, verbose=False,
