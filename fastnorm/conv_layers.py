@@ -1,6 +1,7 @@
 """The ConvolutionalNetworks notebook's layers: convolution, max pooling and the sandwiches.
 
-NumPy over BLAS: a convolution is one im2col copy and one matrix product.
+NumPy over BLAS: a convolution is one im2col copy and one matrix product; max
+pooling takes the maximum over one strided view of x per window offset.
 
     out, cache = conv_forward(x, w, b, {"stride": 1, "pad": 1})   # x (N, C, H, W), w (F, C, HH, WW)
     dx, dw, db = conv_backward(dout, cache)
@@ -21,7 +22,6 @@ import numbers
 from typing import NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ._validate import as_real_array, compute_dtype
 from .layers import relu_backward, relu_forward
@@ -90,11 +90,16 @@ def _windows(length: int, size: int, stride: int, what: str, shapes: str) -> int
 # ---------------------------------------------------------------- convolution
 
 class ConvCache(NamedTuple):
-    cols: np.ndarray      # (N*Ho*Wo, C*HH*WW): the im2col matrix of the padded x
+    cols: np.ndarray      # (C*HH*WW, N*Ho*Wo): the im2col matrix of the padded x, taps first
     w: np.ndarray         # (F, C, HH, WW)
     x_shape: tuple
     stride: int
     pad: int
+
+
+def _tap(i: int, j: int, s: int, Ho: int, Wo: int):
+    """The (H, W) slices of the values that filter tap (i, j) meets, one per output position."""
+    return slice(i, i + s * (Ho - 1) + 1, s), slice(j, j + s * (Wo - 1) + 1, s)
 
 
 def _conv_call(x, w, b, conv_param):
@@ -131,16 +136,20 @@ def conv_forward(x, w, b, conv_param):
     divisible by the stride. Returns out (N, F, Ho, Wo) with Ho = 1 + (H + 2*pad - HH) / stride,
     and the cache (im2col matrix, w, shapes).
     """
-    x, w, b, stride, pad, Ho, Wo = _conv_call(x, w, b, conv_param)
+    x, w, b, s, pad, Ho, Wo = _conv_call(x, w, b, conv_param)
     N, C, H, W = x.shape
-    F = w.shape[0]
+    F, _, HH, WW = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
-    win = sliding_window_view(xp, w.shape[2:], axis=(2, 3))[:, :, ::stride, ::stride]  # (N, C, Ho, Wo, HH, WW)
-    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(N * Ho * Wo, -1)                  # the one copy of x
-    out = cols @ w.reshape(F, -1).T
-    out += b
-    out = np.ascontiguousarray(out.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2))
-    return out, ConvCache(cols, w, x.shape, stride, pad)
+    # im2col with the taps first and (N, Ho, Wo) last: each copy reads rows of x
+    cols = np.empty((C, HH, WW, N, Ho, Wo), dtype=x.dtype)
+    for i in range(HH):
+        for j in range(WW):
+            cols[:, i, j] = xp[(slice(None), slice(None), *_tap(i, j, s, Ho, Wo))].transpose(1, 0, 2, 3)
+    cols = cols.reshape(C * HH * WW, N * Ho * Wo)
+    out = w.reshape(F, -1) @ cols                    # (F, N*Ho*Wo)
+    out += b[:, None]
+    out = np.ascontiguousarray(out.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3))
+    return out, ConvCache(cols, w, x.shape, s, pad)
 
 
 def conv_backward(dout, cache):
@@ -150,16 +159,15 @@ def conv_backward(dout, cache):
     F, _, HH, WW = w.shape
     Ho, Wo = (H + 2 * pad - HH) // s + 1, (W + 2 * pad - WW) // s + 1
     dout = _check_dout(dout, (N, F, Ho, Wo)).astype(cols.dtype, copy=False)
-    d2 = dout.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)
-    db = dout.sum(axis=(0, 2, 3))
-    dw = (d2.T @ cols).reshape(w.shape)
-    dcols = (d2 @ w.reshape(F, -1)).reshape(N, Ho, Wo, C, HH, WW)
-    # col2im: each filter tap (i, j) adds its plane back at its strided offsets
+    d2 = dout.transpose(1, 0, 2, 3).reshape(F, N * Ho * Wo)
+    db = d2.sum(axis=1)
+    dw = (d2 @ cols.T).reshape(w.shape)
+    dcols = (w.reshape(F, -1).T @ d2).reshape(C, HH, WW, N, Ho, Wo)
+    # col2im: each filter tap adds its plane back where it read it
     dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     for i in range(HH):
         for j in range(WW):
-            dxp[:, :, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s] += \
-                dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+            dxp[(slice(None), slice(None), *_tap(i, j, s, Ho, Wo))] += dcols[:, i, j].transpose(1, 0, 2, 3)
     dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W]) if pad else dxp
     return dx, dw, db
 
@@ -167,11 +175,10 @@ def conv_backward(dout, cache):
 # ---------------------------------------------------------------- max pooling
 
 class PoolCache(NamedTuple):
-    argmax: np.ndarray    # (N, C, Ho, Wo): the winner's flat index in its ph x pw window
+    argmax: np.ndarray    # (N, C, Ho, Wo) uint8/int: the winner's row-major index in its window
     x_shape: tuple
     dtype: np.dtype
     pool: tuple           # (pool_height, pool_width, stride)
-    tiled: bool           # non-overlapping windows that cover x: the reshape path
 
 
 def _pool_call(x, pool_param):
@@ -198,34 +205,34 @@ def max_pool_forward(x, pool_param):
     (each window's argmax). Of tied maxima the first in row-major order gets the gradient.
     """
     x, ph, pw, s, Ho, Wo = _pool_call(x, pool_param)
-    N, C, H, W = x.shape
-    tiled = s == ph == pw and H == Ho * ph and W == Wo * pw
-    if tiled:  # non-overlapping (2x2 stride 2, say): a reshape, no window view
-        win = x.reshape(N, C, Ho, ph, Wo, pw).transpose(0, 1, 2, 4, 3, 5)
-    else:
-        win = sliding_window_view(x, (ph, pw), axis=(2, 3))[:, :, ::s, ::s]
-    win = win.reshape(N, C, Ho, Wo, ph * pw)
-    argmax = win.argmax(axis=-1)
-    out = np.take_along_axis(win, argmax[..., None], axis=-1)[..., 0]
-    return np.ascontiguousarray(out), PoolCache(argmax, x.shape, x.dtype, (ph, pw, s), tiled)
+    # one strided view per window offset: no copy of x, for any window and stride
+    views = [x[(slice(None), slice(None), *_tap(*divmod(k, pw), s, Ho, Wo))] for k in range(ph * pw)]
+    out = views[0].copy()
+    for v in views[1:]:
+        np.maximum(out, v, out=out)
+    argmax = np.full(out.shape, ph * pw - 1, dtype=np.min_scalar_type(ph * pw))
+    for k in range(ph * pw - 2, -1, -1):  # backwards, so the first maximum wins a tie
+        argmax[views[k] == out] = k
+    return out, PoolCache(argmax, x.shape, x.dtype, (ph, pw, s))
 
 
 def max_pool_backward(dout, cache):
     """dout (N, C, Ho, Wo) -> dx (N, C, H, W): each window's gradient goes to its argmax."""
     _check_cache(cache, PoolCache, "max_pool_forward")
-    argmax, (N, C, H, W), dtype, (ph, pw, s), tiled = cache
+    argmax, (N, C, H, W), dtype, (ph, pw, s) = cache
     Ho, Wo = argmax.shape[2:]
     dout = _check_dout(dout, argmax.shape)
     dtype = np.result_type(dout.dtype, dtype)
-    if tiled:
-        dwin = np.zeros((N, C, Ho, Wo, ph * pw), dtype=dtype)
-        np.put_along_axis(dwin, argmax[..., None], dout[..., None], axis=-1)
-        dx = dwin.reshape(N, C, Ho, Wo, ph, pw).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H, W)
+    zero = np.zeros((), dtype)
+    if s == ph == pw and H == Ho * ph and W == Wo * pw:
+        # non-overlapping windows that cover x (2x2, stride 2): each value of dx written once
+        dx = np.empty((N, C, H, W), dtype=dtype)
+        for k in range(ph * pw):
+            dx[(slice(None), slice(None), *_tap(*divmod(k, pw), s, Ho, Wo))] = np.where(argmax == k, dout, zero)
         return dx
     dx = np.zeros((N, C, H, W), dtype=dtype)
-    for k in range(ph * pw):  # overlapping windows add up
-        i, j = divmod(k, pw)
-        dx[:, :, i:i + s * (Ho - 1) + 1:s, j:j + s * (Wo - 1) + 1:s] += np.where(argmax == k, dout, 0)
+    for k in range(ph * pw):  # overlapping windows add up; values between windows stay 0
+        dx[(slice(None), slice(None), *_tap(*divmod(k, pw), s, Ho, Wo))] += np.where(argmax == k, dout, zero)
     return dx
 
 
