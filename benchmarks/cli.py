@@ -4,6 +4,8 @@
                                    over a sweep of shapes, float32 and float64, one thread
     fastnorm bench --vs-torch      against PyTorch's kernels: six shapes and a 2x3 call-overhead
                                    case, float32 and float64, 1 and 2 threads, with a Markdown table
+    fastnorm bench --convnet       one training step of fastnorm's ConvNet: compiled kernels,
+                                   NumPy reference and torch eager, each normalization
     fastnorm bench --quick         fewer, shorter samples
 
 Prints a table with the targets met or missed, and writes it with JSON and a
@@ -83,6 +85,9 @@ def add_parser(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vs-torch", action="store_true",
                         help="the matrix against PyTorch's kernels at 1 and 2 threads")
+    parser.add_argument("--convnet", action="store_true",
+                        help="time one training step of fastnorm.ConvNet (compiled, reference, torch eager) "
+                             "instead of the kernels")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPEAT} runs of >= {QUICK_MIN_TIME_MS:g} ms per contender")
     parser.add_argument("--repeat", type=_number(int),
@@ -186,6 +191,8 @@ def measure(args):
 def run(args) -> int:
     from . import report, torch_anchor
 
+    if args.convnet:
+        return _run_convnet(args)
     if args.vs_torch and args.no_torch:
         print("fastnorm bench: --vs-torch and --no-torch exclude each other", file=sys.stderr)
         return 2
@@ -203,3 +210,22 @@ def run(args) -> int:
           f"in {time.perf_counter() - started:.0f} s")
     missed = any(v.checked and not v.passed for v in result.verdicts)
     return 1 if args.check and missed else 0
+
+
+def _run_convnet(args) -> int:
+    from . import convnet_step, torch_anchor
+
+    if args.vs_torch or args.shapes or args.dtypes or args.ops or args.check:
+        print("fastnorm bench --convnet takes --quick, --repeat, --min-time, --threads, --clock, "
+              "--no-torch, --out and --no-progress only", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    min_time_ms = args.min_time if args.min_time is not None else QUICK_MIN_TIME_MS if args.quick else MIN_TIME_MS
+    result = convnet_step.measure(
+        args.threads or [1], args.repeat or (QUICK_REPEAT if args.quick else REPEAT), min_time_ms / 1e3,
+        args.clock, with_torch=not args.no_torch and torch_anchor.available(),
+        progress=not args.no_progress and sys.stderr.isatty())
+    paths = convnet_step.write(result, args.out)
+    print(convnet_step.text_report(result))
+    print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - started:.0f} s")
+    return 0

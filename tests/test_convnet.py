@@ -232,3 +232,24 @@ def test_checkpoint_resume_is_bit_for_bit(digits, tmp_path):
         np.testing.assert_array_equal(resumed.model.params[name], full.model.params[name])
     for p_full, p_res in zip(full.model.bn_params, resumed.model.bn_params):
         np.testing.assert_array_equal(p_full["running_mean"], p_res["running_mean"])
+
+
+# ---------------------------------------------------------------- against torch
+
+@pytest.mark.parametrize("normalization", NORMS)
+def test_loss_and_gradients_match_torch(normalization):
+    torch = pytest.importorskip("torch")
+    from fastnorm.benchmarks.convnet_step import torch_grads, torch_twin
+
+    X, y = batch(8)
+    np.random.seed(4)
+    model = small_net(normalization)
+    loss, grads = model.loss(X, y)
+    net = torch_twin(model)
+    t_loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(X)), torch.from_numpy(y))
+    t_loss.backward()
+    assert t_loss.item() == pytest.approx(loss, rel=1e-12)
+    expected = torch_grads(net, model)
+    assert sorted(expected) == sorted(grads)
+    for name, g in expected.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-9, atol=1e-12, err_msg=name)
