@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 
+import fastnorm as fn
 from fastnorm import reference as ref
 
-APIS = [pytest.param(ref, id="reference")]
+APIS = [pytest.param(fn, id="compiled"), pytest.param(ref, id="reference")]
 
 
 def bn_inputs(shape=(2, 3, 4, 5)):

@@ -4,12 +4,13 @@ tests, with its seeds and the numbers it prints (default biased variance)."""
 import numpy as np
 import pytest
 
+import fastnorm as fn
 from fastnorm import reference as ref
 from fastnorm.gradient_check import eval_numerical_gradient_array
 
 from conftest import rel_error
 
-APIS = [pytest.param(ref, id="reference")]
+APIS = [pytest.param(fn, id="compiled"), pytest.param(ref, id="reference")]
 
 
 def notebook_x(N, C, H, W):

@@ -4,12 +4,13 @@ gradients), when torch is installed."""
 import numpy as np
 import pytest
 
+import fastnorm as fn
 from fastnorm import reference as ref
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-APIS = [pytest.param(ref, id="reference")]
+APIS = [pytest.param(fn, id="compiled"), pytest.param(ref, id="reference")]
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=2e-4, atol=2e-4)}
 DTYPES = [np.float64, np.float32]
 
