@@ -243,7 +243,7 @@ def test_sandwich_argument_errors(rng):
         layers.conv_norm_relu_pool_forward(x, w, b, cp, None)
 
 
-SANDWICH_KERNELS = ["reference"]  # TEMP until nd compiled
+SANDWICH_KERNELS = ["fast", "reference"]
 
 
 @pytest.mark.parametrize("kernels", SANDWICH_KERNELS)

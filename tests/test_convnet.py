@@ -10,14 +10,13 @@ from fastnorm.gradient_check import eval_numerical_gradient
 from conftest import rel_error
 
 NORMS = [None, "spatial_batchnorm", "groupnorm"]
-KERNELS_UNDER_TEST = "reference"  # TEMP until nd compiled
 
 
 def groups(normalization):
     return 2 if normalization == "groupnorm" else None
 
 
-def small_net(normalization, kernels=KERNELS_UNDER_TEST, dtype=np.float64, **kwargs):
+def small_net(normalization, kernels="fast", dtype=np.float64, **kwargs):
     settings = dict(input_dim=(2, 8, 8), num_filters=[4, 6], filter_size=3, hidden_dim=10, num_classes=5,
                     normalization=normalization, G=groups(normalization), weight_scale=0.3, dtype=dtype,
                     kernels=kernels)

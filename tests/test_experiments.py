@@ -274,3 +274,41 @@ def test_quick_label_only_where_quick_changes_the_settings(monkeypatch):
     assert not configs.ran_quick(record("bn-vs-baseline", True))  # the notebook's settings
     assert configs.ran_quick(record("weight-scale", True))
     assert not configs.ran_quick(record("weight-scale", False))
+
+
+def test_convnet_models_cover_both_sweeps_once():
+    config = configs.get_config("convnet-norms")
+    specs = config.models()
+    keys = [(s.normalization, s.weight_scale, s.batch_size) for s in specs]
+    assert len(keys) == len(set(keys)) == 3 * (len(config.weight_scales) + len(config.batch_sizes) - 1)
+    for norm in config.normalizations:
+        assert (norm, config.weight_scale, config.batch_size) in keys
+        assert {b for n, w, b in keys if n == norm and w == config.weight_scale} == set(config.batch_sizes)
+        assert {w for n, w, b in keys if n == norm and b == config.batch_size} == set(config.weight_scales)
+
+
+def test_convnet_report_follows_the_numbers(tmp_path):
+    config = configs.get_config("convnet-norms")
+    # final accuracy per batch size (5, 10, 50) at the shared weight scale; elsewhere in the
+    # weight-scale sweep the baseline stays at chance and the normalized nets keep their batch-50 value
+    by_batch = {None: (0.3, 0.4, 0.5), "spatial_batchnorm": (0.6, 0.8, 0.9), "groupnorm": (0.79, 0.8, 0.8)}
+    models = []
+    for spec in config.models():
+        accs = by_batch[spec.normalization]
+        if spec.weight_scale == config.weight_scale:
+            acc = accs[config.batch_sizes.index(spec.batch_size)]
+        else:
+            acc = accs[-1] if spec.normalization else 0.1
+        models.append(fake_model(spec.label, spec.normalization, [0.1, acc], [0.1, acc],
+                                 weight_scale=spec.weight_scale, batch_size=spec.batch_size))
+    record = fake_record("convnet-norms", models, normalization=None)
+    text = report.render_report([record])
+    assert ("final validation accuracy is 0.500 without normalization, 0.900 with spatial batchnorm "
+            "(+0.400), 0.800 with groupnorm (+0.300)") in text
+    assert "baseline: trains at 1 of 9 weight scales, at 1.0e-02." in text
+    assert "spatial batchnorm: trains at 9 of 9 weight scales, from 1.0e-04 to 1.0e+00." in text
+    assert "spatial batchnorm at weight scale 1.0e-02: 0.600 at batch 5, 0.800 at batch 10, 0.900 at batch 50 " \
+           "(rising with batch size, spread 0.300)" in text
+    assert "spreads over 0.300 with spatial batchnorm and 0.010 with groupnorm: in this run group norm's " \
+           "result depends less on the batch size than batch norm's" in text
+    assert plots.plot_experiment(record, tmp_path / "c.png").read_bytes()[:8] == PNG_SIGNATURE

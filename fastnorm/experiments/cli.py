@@ -1,6 +1,9 @@
 """`fastnorm experiment NAME`: the notebook's experiments, their figures, records and report.
 
-    fastnorm experiment all --quick                 every experiment, smaller settings (~15 s on 2 cores)
+    fastnorm experiment all --quick                 every experiment, smaller settings (about a minute
+                                                    on 2 cores, half of it convnet-norms)
+    fastnorm experiment convnet-norms               the ConvNet with no norm, spatial batch norm and
+                                                    group norm over weight scales and batch sizes
     fastnorm experiment bn-vs-baseline --kernels both --repeat 3
                                                     also on the NumPy reference: the kernels' speed-up
     fastnorm experiment weight-scale --dataset cifar10 --download
@@ -57,7 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "for steadier speed-ups on a busy machine (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="fewer epochs (weight-scale 5, the batch-size experiments 4) and 9 weight "
-                             "scales instead of 20; bn-vs-baseline is already quick and runs as it is")
+                             "scales instead of 20; convnet-norms: 3 epochs on 500 samples, filters (8, 16), "
+                             "5 weight scales instead of 9; bn-vs-baseline is already quick and runs as it is")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                         default=None, help="no progress bars (default: shown when stderr is a terminal)")
     parser.set_defaults(func=run)

@@ -295,7 +295,8 @@ def _trains_sentence(models: list[dict], level: float) -> str:
     if not training:
         return f"trains at none of the {len(models)} weight scales."
     where = (f"from {_scale(training[0])} to {_scale(training[-1])}"
-             if _contiguous(models, training) else "at " + ", ".join(_scale(t) for t in training))
+             if len(training) > 1 and _contiguous(models, training)
+             else "at " + ", ".join(_scale(t) for t in training))
     return f"trains at {len(training)} of {len(models)} weight scales, {where}."
 
 
