@@ -154,6 +154,11 @@ def conv_forward(x, w, b, conv_param):
 
 def conv_backward(dout, cache):
     """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (F, C, HH, WW), db (F,)."""
+    return _conv_grads(dout, cache, input_grad=True)
+
+
+def _conv_grads(dout, cache, input_grad: bool):
+    """conv_backward; dx is None without input_grad (a net's first layer needs none)."""
     _check_cache(cache, ConvCache, "conv_forward")
     cols, w, (N, C, H, W), s, pad = cache
     F, _, HH, WW = w.shape
@@ -162,6 +167,8 @@ def conv_backward(dout, cache):
     d2 = dout.transpose(1, 0, 2, 3).reshape(F, N * Ho * Wo)
     db = d2.sum(axis=1)
     dw = (d2 @ cols.T).reshape(w.shape)
+    if not input_grad:
+        return None, dw, db
     dcols = (w.reshape(F, -1).T @ d2).reshape(C, HH, WW, N, Ho, Wo)
     # col2im: each filter tap adds its plane back where it read it
     dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
@@ -210,9 +217,12 @@ def max_pool_forward(x, pool_param):
     out = views[0].copy()
     for v in views[1:]:
         np.maximum(out, v, out=out)
-    argmax = np.full(out.shape, ph * pw - 1, dtype=np.min_scalar_type(ph * pw))
-    for k in range(ph * pw - 2, -1, -1):  # backwards, so the first maximum wins a tie
-        argmax[views[k] == out] = k
+    # the first maximum's offset = how many offsets come before one that equals the max
+    argmax = np.zeros(out.shape, dtype=np.min_scalar_type(ph * pw))
+    found = views[0] == out
+    for v in views[1:]:
+        argmax += ~found
+        found |= v == out
     return out, PoolCache(argmax, x.shape, x.dtype, (ph, pw, s))
 
 
@@ -289,24 +299,28 @@ def _sandwich_forward(x, w, b, conv_param, pool_param, norm, gamma, beta, norm_p
             h, c_norm = forward(h, gamma, beta, G, norm_param)
         else:
             h, c_norm = forward(h, gamma, beta, norm_param)
-    h, c_relu = relu_forward(h)
+    # max commutes with relu: pooling first gives the same values and gradients
+    # from a relu on a quarter (for 2x2 pools) of the values
     c_pool = None
     if pool_param is not None:
         h, c_pool = max_pool_forward(h, pool_param)
+    h, c_relu = relu_forward(h)
     return h, SandwichCache(c_conv, c_norm, c_relu, c_pool, backward)
 
 
-def _sandwich_backward(dout, cache, forward_name):
+def sandwich_backward(dout, cache, forward_name: str, input_grad: bool = True):
+    """The backward of either sandwich (named by its forward); dx is None without input_grad."""
     _check_cache(cache, SandwichCache, forward_name)
     c_conv, c_norm, c_relu, c_pool, backward = cache
     if (c_pool is None) != (forward_name == "conv_norm_relu_forward"):
         raise TypeError(f"cache must be the one returned by {forward_name}, got the other sandwich's")
-    dh = max_pool_backward(dout, c_pool) if c_pool is not None else dout
-    dh = relu_backward(dh, c_relu)
+    dh = relu_backward(dout, c_relu)
+    if c_pool is not None:
+        dh = max_pool_backward(dh, c_pool)
     dgamma = dbeta = None
     if backward is not None:
         dh, dgamma, dbeta = backward(dh, c_norm)
-    dx, dw, db = conv_backward(dh, c_conv)
+    dx, dw, db = _conv_grads(dh, c_conv, input_grad)
     return dx, dw, db, dgamma, dbeta
 
 
@@ -321,7 +335,7 @@ def conv_norm_relu_forward(x, w, b, conv_param, norm=None, gamma=None, beta=None
 
 def conv_norm_relu_backward(dout, cache):
     """(dx, dw, db, dgamma, dbeta); dgamma and dbeta are None without a norm."""
-    return _sandwich_backward(dout, cache, "conv_norm_relu_forward")
+    return sandwich_backward(dout, cache, "conv_norm_relu_forward")
 
 
 def conv_norm_relu_pool_forward(x, w, b, conv_param, pool_param, norm=None, gamma=None, beta=None,
@@ -334,4 +348,4 @@ def conv_norm_relu_pool_forward(x, w, b, conv_param, pool_param, norm=None, gamm
 
 def conv_norm_relu_pool_backward(dout, cache):
     """(dx, dw, db, dgamma, dbeta); dgamma and dbeta are None without a norm."""
-    return _sandwich_backward(dout, cache, "conv_norm_relu_pool_forward")
+    return sandwich_backward(dout, cache, "conv_norm_relu_pool_forward")

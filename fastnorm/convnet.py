@@ -18,7 +18,7 @@ import numpy as np
 
 from . import layers, normalization, reference
 from ._validate import as_real_array, real_in_range
-from .conv_layers import CONV_NORMS, conv_norm_relu_pool_backward, conv_norm_relu_pool_forward
+from .conv_layers import CONV_NORMS, conv_norm_relu_pool_forward, sandwich_backward
 
 KERNELS = ("fast", "reference")
 HIDDEN_NORM = {"spatial_batchnorm": "batchnorm", "groupnorm": "layernorm"}  # of the hidden affine layer
@@ -243,8 +243,9 @@ class ConvNet:
         if norm_backward:
             dh, grads[f"gamma{i}"], grads[f"beta{i}"] = norm_backward(dh, c_norm)
         dh, grads[f"W{i}"], grads[f"b{i}"] = layers.affine_backward(dh, c_aff)
-        for i in range(S, 0, -1):
-            dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = conv_norm_relu_pool_backward(dh, caches[i - 1])
+        for i in range(S, 0, -1):  # no gradient of X
+            dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = sandwich_backward(
+                dh, caches[i - 1], "conv_norm_relu_pool_forward", input_grad=i > 1)
             if self.normalization:
                 grads[f"gamma{i}"], grads[f"beta{i}"] = dgamma, dbeta
         return grads

@@ -252,3 +252,15 @@ def test_loss_and_gradients_match_torch(normalization):
     assert sorted(expected) == sorted(grads)
     for name, g in expected.items():
         np.testing.assert_allclose(grads[name], g, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_defaults_are_a_cifar10_sized_net_at_chance():
+    # the notebook's sanity check: with tiny weights the loss is log(10)
+    X, y = batch(4, (3, 32, 32), 10)
+    np.random.seed(0)
+    model = ConvNet()
+    assert {k: v.shape for k, v in model.params.items() if k.startswith("W")} == {
+        "W1": (32, 3, 3, 3), "W2": (32 * 16 * 16, 100), "W3": (100, 10)}
+    loss, grads = model.loss(X, y)
+    assert loss == pytest.approx(np.log(10), abs=1e-3)
+    assert model.loss(X).shape == (4, 10) and not model.bn_params
