@@ -235,10 +235,16 @@ def max_pool_backward(dout, cache):
     dtype = np.result_type(dout.dtype, dtype)
     zero = np.zeros((), dtype)
     if s == ph == pw and H == Ho * ph and W == Wo * pw:
-        # non-overlapping windows that cover x (2x2, stride 2): each value of dx written once
+        # non-overlapping windows that cover x (2x2, stride 2): each value of dx written once,
+        # by a product with the 0/1 mask where that is exact (finite dout: no inf * 0)
         dx = np.empty((N, C, H, W), dtype=dtype)
+        finite = bool(np.isfinite(dout).all())
         for k in range(ph * pw):
-            dx[(slice(None), slice(None), *_tap(*divmod(k, pw), s, Ho, Wo))] = np.where(argmax == k, dout, zero)
+            view = dx[(slice(None), slice(None), *_tap(*divmod(k, pw), s, Ho, Wo))]
+            if finite:
+                np.multiply(dout, argmax == k, out=view)
+            else:
+                view[...] = np.where(argmax == k, dout, zero)
         return dx
     dx = np.zeros((N, C, H, W), dtype=dtype)
     for k in range(ph * pw):  # overlapping windows add up; values between windows stay 0

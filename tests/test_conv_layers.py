@@ -283,3 +283,13 @@ def test_sandwich_with_norm_numeric(rng, norm, pool, kernels):
             assert np.max(np.abs(grad)) < 1e-12 and np.max(np.abs(num)) < 1e-9
         else:
             assert rel_error(num, grad) < GRAD_TOL, ["x", "w", "b", "gamma", "beta"][k]
+
+
+def test_max_pool_backward_passes_infinities_only_to_the_maxima():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    out, cache = layers.max_pool_forward(x, POOL_2x2)
+    dout = np.array([[[[np.inf, -np.inf], [1.0, np.nan]]]])
+    dx = layers.max_pool_backward(dout, cache)
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, 1, 1], expected[0, 0, 1, 3], expected[0, 0, 3, 1], expected[0, 0, 3, 3] = dout.ravel()
+    np.testing.assert_array_equal(dx, expected)  # zeros elsewhere, not inf * 0 = NaN
