@@ -255,19 +255,12 @@ def max_pool_backward(dout, cache):
 # ---------------------------------------------------------------- sandwich layers
 
 def norm_functions(norm: str, kernels: str = "fast"):
-    """(forward, backward) of a spatial norm on the compiled kernels or fastnorm.reference.
-
-    Looked up by name at call time, so the model follows whatever the package provides.
-    """
-    import fastnorm
+    """(forward, backward) of a spatial norm on the compiled kernels or fastnorm.reference."""
+    import fastnorm  # at call time: fastnorm imports this module
 
     module = fastnorm if kernels == "fast" else fastnorm.reference
     name = {"spatial_batchnorm": "spatial_batchnorm", "groupnorm": "spatial_groupnorm"}[norm]
-    try:
-        return getattr(module, f"{name}_forward"), getattr(module, f"{name}_backward")
-    except AttributeError:
-        where = "fastnorm" if kernels == "fast" else "fastnorm.reference"
-        raise NotImplementedError(f"{where}.{name}_forward is not available in this build") from None
+    return getattr(module, f"{name}_forward"), getattr(module, f"{name}_backward")
 
 
 class SandwichCache(NamedTuple):

@@ -384,13 +384,12 @@ def _convnet_norms(record: dict, by_name: dict) -> list[str]:
                  for norm, v in values.items()]
         lines.append(f"- At weight scale {_scale(s['weight_scale'])} and batch {s['batch_size']} the final "
                      f"{what} accuracy is {', '.join(parts)}.")
-    epoch_one = [(norm, _at(c["curve"]["train_acc_history"], 1)) for norm, c in curves.items()]
     if s["num_epochs"] > 1:
-        lines.append("- After the first epoch the training accuracy is "
-                     + ", ".join(f"{_acc(v)} ({names[norm]})" for norm, v in epoch_one) + ".")
-    lines.append(f"- Mean training loss over the last {min(100, len(next(iter(curves.values()))['curve']['loss_history']))} "
-                 "iterations: " + ", ".join(f"{_num(c['curve']['final_train_loss']):.3f} ({names[norm]})"
-                                            for norm, c in curves.items()) + ".")
+        lines.append("- After the first epoch the training accuracy is " + ", ".join(
+            f"{_acc(_at(c['curve']['train_acc_history'], 1))} ({names[norm]})" for norm, c in curves.items()) + ".")
+    iterations = max(len(c["curve"]["loss_history"]) for c in curves.values())
+    lines.append(f"- Mean training loss over the last {min(100, iterations)} iterations: " + ", ".join(
+        f"{_num(c['curve']['final_train_loss']):.3f} ({names[norm]})" for norm, c in curves.items()) + ".")
     level = TRAINS_FACTOR / s["num_classes"]
     lines.append(f"- Weight scales {_scale(s['weight_scales'][0])} to {_scale(s['weight_scales'][-1])} at batch "
                  f"{s['batch_size']}; a model counts as training when its best training accuracy reaches "
@@ -407,7 +406,8 @@ def _convnet_norms(record: dict, by_name: dict) -> list[str]:
                      f"{per_size} ({_trend(c['by_batch'], values)}, spread {spreads[norm]:.3f}).")
     if {"spatial_batchnorm", "groupnorm"} <= spreads.keys():
         bn, gn = spreads["spatial_batchnorm"], spreads["groupnorm"]
-        how = "as much on the batch size as" if bn == gn else f"{'more' if gn > bn else 'less'} on the batch size than"
+        how = ("as much on the batch size as" if bn == gn
+               else f"{'more' if gn > bn else 'less'} on the batch size than")
         lines.append(f"- Across batch sizes the final validation accuracy spreads over {bn:.3f} with spatial "
                      f"batchnorm and {gn:.3f} with groupnorm: in this run group norm's result depends {how} "
                      "batch norm's.")
