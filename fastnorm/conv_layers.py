@@ -170,12 +170,13 @@ def _conv_grads(dout, cache, input_grad: bool):
     if not input_grad:
         return None, dw, db
     dcols = (w.reshape(F, -1).T @ d2).reshape(C, HH, WW, N, Ho, Wo)
-    # col2im: each filter tap adds its plane back where it read it
-    dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+    # col2im: each filter tap adds its (C, N, Ho, Wo) slab back where it read it,
+    # in that layout; one transpose to (N, C, H, W) at the end
+    dxp = np.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     for i in range(HH):
         for j in range(WW):
-            dxp[(slice(None), slice(None), *_tap(i, j, s, Ho, Wo))] += dcols[:, i, j].transpose(1, 0, 2, 3)
-    dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W]) if pad else dxp
+            dxp[(slice(None), slice(None), *_tap(i, j, s, Ho, Wo))] += dcols[:, i, j]
+    dx = np.ascontiguousarray(dxp[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3))
     return dx, dw, db
 
 
