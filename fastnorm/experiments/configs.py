@@ -39,6 +39,7 @@ class ExperimentConfig:
     num_epochs: int
     num_train: int = 1000               # training samples taken from the dataset
     update_rule: str = "adam"
+    kernel_threads: int | None = None   # None: the caller's (OpenMP's default unless set)
 
     def models(self) -> list[ModelSpec]:
         """The baseline, then the normalized models, for each weight scale."""
@@ -82,6 +83,9 @@ class ConvExperimentConfig:
     num_train: int = 1000
     update_rule: str = "adam"
     normalizations: tuple = (None, "spatial_batchnorm", "groupnorm")
+    # the spatial norms here see (batch, 16 or 32, 8 or 4, 8 or 4) arrays: too small to
+    # share, and on a busy machine every parallel region waits for the other core
+    kernel_threads: int | None = 1
 
     def models(self) -> list[ModelSpec]:
         """Per normalization: the weight-scale sweep, then the batch sizes not already in it."""
@@ -91,7 +95,7 @@ class ConvExperimentConfig:
             pairs = [(scale, self.batch_size) for scale in self.weight_scales]
             pairs += [(self.weight_scale, size) for size in self.batch_sizes
                       if (self.weight_scale, size) not in pairs]
-            specs += [ModelSpec(f"{stem} ws={scale:.1e} batch={size}", norm, scale, size) for scale, size in pairs]
+            specs += [ModelSpec(f"{stem} batch={size}", norm, scale, size) for scale, size in pairs]
         return specs
 
     def to_dict(self) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from .._threads import num_threads
 from .configs import Config, ModelSpec
 
 BLAS_THREADS = 1
@@ -46,7 +47,7 @@ def run_experiment(config: Config, data: dict, *, seed: int, kernels=("fast",), 
             for kind in kernels}
     bar = tqdm(total=len(specs) * len(kernels) * repeat, desc=config.name, unit="model",
                disable=not progress, leave=False)
-    with _saved_global_rng(), _one_blas_thread(), bar:
+    with _saved_global_rng(), _one_blas_thread(), _kernel_threads(config.kernel_threads), bar:
         _warm_up(config, subset, kernels)
         for spec in specs:
             fastest = {}
@@ -59,9 +60,10 @@ def run_experiment(config: Config, data: dict, *, seed: int, kernels=("fast",), 
             for kind, result in fastest.items():
                 runs[kind]["models"].append(result)
                 runs[kind]["wall_time_s"] += result["time_s"]
+        env = environment()  # with the kernel threads the models ran on
     return {"experiment": config.name,
             "settings": settings(config, subset, seed=seed, dataset=dataset, quick=quick),
-            "environment": environment(),
+            "environment": env,
             "elapsed_s": time.perf_counter() - start,  # everything, warm-up and all kernel sets
             "runs": runs}
 
@@ -172,6 +174,11 @@ def _one_blas_thread():
     gains nothing there, and on a busy 2-core machine it made training several
     times slower and the timings erratic. The kernels keep their own threads."""
     return threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+
+
+def _kernel_threads(n: int | None):
+    """The config's kernel thread count for the run; None leaves the caller's setting."""
+    return contextlib.nullcontext() if n is None else num_threads(n)
 
 
 @contextlib.contextmanager
