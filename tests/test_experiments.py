@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastnorm.cli import main
-from fastnorm.experiments import EXPERIMENTS, configs, plots, report
+from fastnorm.experiments import EXPERIMENTS, configs, plots, report, runner
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = dict(hidden_dims=(8, 8), num_epochs=2, num_train=100)
@@ -312,3 +312,14 @@ def test_convnet_report_follows_the_numbers(tmp_path):
     assert "spreads over 0.300 with spatial batchnorm and 0.010 with groupnorm: in this run group norm's " \
            "result depends less on the batch size than batch norm's" in text
     assert plots.plot_experiment(record, tmp_path / "c.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_convnet_norms_runs_its_kernels_on_one_thread_and_restores_the_count(all_both):
+    import fastnorm
+
+    assert load(all_both, "convnet-norms")["environment"]["kernel_threads"] == 1
+    with fastnorm.num_threads(2):
+        assert load(all_both, "bn-vs-baseline")["settings"]["kernel_threads"] is None
+        record = runner.run_experiment(configs.get_config("convnet-norms", quick=True),
+                                       fastnorm.data.get_digits_data(), seed=0, progress=False)
+        assert record["environment"]["kernel_threads"] == 1 and fastnorm.get_num_threads() == 2
