@@ -21,8 +21,9 @@ from _parallel cimport LANES
 
 
 cdef inline double _row_dot_dev(const floating* dy, const floating* x, Py_ssize_t P,
-                                double shift) noexcept nogil:
-    """sum(dy * (x - shift)) over P values, in double, LANES accumulators."""
+                                floating shift) noexcept nogil:
+    """sum(dy * (x - shift)) over P values: products in x's dtype (x - shift is exact or
+    nearly, shift being the mean rounded to it), summed in double, LANES accumulators."""
     cdef double acc[LANES]
     cdef double tail = 0.0
     cdef Py_ssize_t j, k, body = P - P % LANES
