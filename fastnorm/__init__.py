@@ -7,6 +7,7 @@
 ``fastnorm.reference`` has the pure-NumPy versions of the same five functions.
 """
 
+from ._build import kernel_isa
 from ._build import load_kernels as _load_kernels
 
 _load_kernels()  # an ImportError that says how to build, never a NumPy fall-back
@@ -35,6 +36,7 @@ __all__ = [
     "reference",
     "gradient_check",
     "openmp_enabled",
+    "kernel_isa",
     "get_num_threads",
     "set_num_threads",
     "num_threads",
