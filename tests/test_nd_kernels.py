@@ -286,3 +286,69 @@ def test_plane_blocks_compose_to_spatial_batchnorm(dtype, train, ddof):
                                                 float(N * H * W), ddof, train, dx3, 2)
     np.testing.assert_array_equal(dx3.reshape(x.shape), dx)
 
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_plane_blocks_take_an_empty_shard_and_refuse_wrong_lengths(dtype):
+    kernels = load_kernels()
+    block = lambda name: by_dtype(getattr(kernels, name))[np.dtype(dtype)]  # noqa: E731
+    empty = np.empty((0, 3, 4), dtype)
+    mean, m2 = np.full(3, 7.0), np.full(3, 7.0)
+    block("plane_moments")(empty, mean, m2, 2)
+    np.testing.assert_array_equal(mean, 0.0)
+    np.testing.assert_array_equal(m2, 0.0)
+    s1, s2 = np.full(3, 7.0), np.full(3, 7.0)
+    block("plane_grad_sums")(empty, empty, np.zeros(3), s1, s2, 2)
+    np.testing.assert_array_equal(s1, 0.0)
+    np.testing.assert_array_equal(s2, 0.0)
+    block("plane_dx")(empty, empty, np.zeros(3), np.ones(3), np.ones(3, dtype), s1, s2, 10.0, 0, True,
+                      np.empty_like(empty), 2)
+    x = np.ones((2, 3, 4), dtype)
+    with pytest.raises(ValueError, match=r"mean_out must have shape \(3,\), got \(2,\)"):
+        block("plane_moments")(x, np.empty(2), np.empty(3), 1)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        block("plane_grad_sums")(np.ones((2, 3, 5), dtype), x, np.zeros(3), s1, s2, 1)
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        block("plane_dx")(x, x, np.zeros(3), np.ones(3), np.ones(4, dtype), s1, s2, 8.0, 0, True,
+                          np.empty_like(x), 1)
+    with pytest.raises(ValueError, match="out must have shape"):
+        block("plane_normalize")(x, np.zeros(3), np.ones(3), np.ones(3, dtype), np.zeros(3, dtype),
+                                 np.empty((2, 3, 3), dtype), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_instruction_set_level_gives_the_baseline_bits(dtype):
+    from kernel_builds import BASELINE, RUNNABLE
+
+    rng = np.random.default_rng(9)
+    N, C, P, G = 4, 6, 37, 3
+    x = (1e4 + 3 * rng.standard_normal((N, C, P))).astype(dtype)
+    x[:, 2] = dtype(1e4 + 0.25)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    rows, drows, g_rows = x.reshape(-1, P), dout.reshape(-1, P), rng.standard_normal(P).astype(dtype)
+
+    def every_op(k):
+        f = lambda name: getattr(k, name)[{np.float32: "float", np.float64: "double"}[dtype]]  # noqa: E731
+        results = []
+        out, stats, running = np.empty_like(x), np.empty((2, C)), np.empty((2, C), dtype)
+        f("spatial_batchnorm_forward")(x, gamma, beta, np.zeros(C, dtype), np.ones(C, dtype), True, 0.9, 1e-5,
+                                       0, out, stats, running, 2)
+        dx, dg, db = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+        f("spatial_batchnorm_backward")(dout, x, stats[0], stats[1], gamma, True, 0, dx, dg, db, 2)
+        results += [out, stats, running, dx, dg, db]
+        out, gstats = np.empty_like(x), np.empty((2, N * G))
+        f("groupnorm_forward")(x, gamma, beta, G, 1e-5, out, gstats, 2)
+        dx, dg, db = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+        f("groupnorm_backward")(dout, x, gstats[0], gstats[1], gamma, G, np.empty((2, N * C)), dx, dg, db, 2)
+        results += [out, gstats, dx, dg, db]
+        out, rstd = np.empty_like(rows), np.empty(rows.shape[0])
+        f("rmsnorm_forward")(rows, g_rows, 1e-5, out, rstd, 2)
+        dx, dg = np.empty_like(rows), np.empty(P, dtype)
+        f("rmsnorm_backward")(drows, rows, rstd, g_rows, dx, dg, 2)
+        return results + [out, rstd, dx, dg]
+
+    expected = every_op(BASELINE)
+    for build in RUNNABLE[1:]:
+        for a, b in zip(expected, every_op(build)):
+            np.testing.assert_array_equal(a, b)
