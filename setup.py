@@ -6,11 +6,15 @@ Environment switches (all optional):
     FASTNORM_DEBUG=1            bounds/wraparound/initialized checks on, -O0 -g
     FASTNORM_NATIVE=1           add -march=native (binaries then only run on this CPU)
     FASTNORM_NO_AVX2=1          on x86-64, skip the second (AVX2+FMA) build of the kernels
+    FASTNORM_NO_AVX512=1        on x86-64, skip the third (AVX-512, x86-64-v4) build
+
+The Tempita templates of src/ (*.pxd.tp) are expanded into build/gen first
+(src/codegen.py); only the templates are tracked.
 
 Everything else (metadata, dependencies) lives in pyproject.toml.
 """
 
-import hashlib
+import importlib.util
 import os
 import platform
 import sys
@@ -24,6 +28,15 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
+GENERATED = HERE / "build" / "gen"   # the expanded templates
+
+
+def _load(path):
+    """A helper module loaded by path: the package itself is not importable before its build."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _flag(name):
@@ -33,10 +46,17 @@ def _flag(name):
 DEBUG = _flag("FASTNORM_DEBUG")
 NO_OPENMP = _flag("FASTNORM_DISABLE_OPENMP")
 NATIVE = _flag("FASTNORM_NATIVE")
-# x86-64 baseline is SSE2; the same source is built again for AVX2+FMA and
-# fastnorm/_build.py picks that one at import when the CPU has both.
-AVX2 = (not _flag("FASTNORM_NO_AVX2") and not DEBUG
-        and platform.machine().lower() in {"x86_64", "amd64"} and sys.platform != "win32")
+# x86-64 baseline is SSE2; the same source is built again for AVX2+FMA
+# (x86-64-v3) and for AVX-512 (x86-64-v4), and fastnorm/_build.py picks the
+# highest level the CPU runs at import. A debug build makes the baseline only.
+X86_64 = platform.machine().lower() in {"x86_64", "amd64"} and sys.platform != "win32"
+AVX2 = X86_64 and not DEBUG and not _flag("FASTNORM_NO_AVX2")
+AVX512 = X86_64 and not DEBUG and not _flag("FASTNORM_NO_AVX512")
+ISA_FLAGS = {
+    "_kernels_avx2": ["-mavx2", "-mfma"],
+    "_kernels_avx512": ["-mavx512f", "-mavx512cd", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+                        "-mavx2", "-mfma"],
+}
 
 # The one place where compiler directives are set.
 DIRECTIVES = {
@@ -52,11 +72,7 @@ DIRECTIVES = {
 def source_hash():
     """Hash of the kernel sources; the built module carries it so that
     `import fastnorm` can tell a stale in-place build from a fresh one."""
-    digest = hashlib.sha256()
-    for path in sorted(SRC.glob("*.p[yx][xd]")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return _load(HERE / "fastnorm" / "_source_hash.py").source_hash(SRC)
 
 
 class BuildExt(build_ext):
@@ -115,23 +131,28 @@ def extensions():
     if NATIVE:
         compile_args.append("-march=native")
 
-    def kernels(name, extra_args):
+    _load(SRC / "codegen.py").expand_all(SRC, GENERATED)
+    digest = source_hash()
+
+    def kernels(name):
         return Extension(
             f"fastnorm.{name}",
             sources=[f"src/{name}.pyx"],
             include_dirs=["src"],
-            define_macros=[("FASTNORM_SOURCE_HASH", f'"{source_hash()}"')],
-            extra_compile_args=compile_args + extra_args,
+            define_macros=[("FASTNORM_SOURCE_HASH", f'"{digest}"')],
+            extra_compile_args=compile_args + ISA_FLAGS.get(name, []),
             extra_link_args=[],
         )
 
-    exts = [kernels("_kernels", [])]
+    exts = [kernels("_kernels")]
     if AVX2:
-        exts.append(kernels("_kernels_avx2", ["-mavx2", "-mfma"]))
+        exts.append(kernels("_kernels_avx2"))
+    if AVX512:
+        exts.append(kernels("_kernels_avx512"))
     # Generated C goes under build/ (per mode), never beside the sources.
     return cythonize(
         exts,
-        include_path=["src"],
+        include_path=["src", str(GENERATED.relative_to(HERE))],
         compiler_directives=DIRECTIVES,
         build_dir="build/cython-debug" if DEBUG else "build/cython",
     )

@@ -63,7 +63,7 @@ def load_average() -> float | None:
 def describe(torch_version: str | None, load_before: float | None = None) -> dict:
     """Everything a reader needs to place the numbers."""
     import fastnorm
-    from fastnorm._build import load_kernels
+    from fastnorm._build import kernel_isa
 
     return {
         "load_average_before": load_before,
@@ -75,7 +75,7 @@ def describe(torch_version: str | None, load_before: float | None = None) -> dic
         "torch": torch_version,
         "fastnorm": fastnorm.__version__,
         "openmp": fastnorm.openmp_enabled(),
-        "kernels": "AVX2" if load_kernels().__name__.endswith("_avx2") else "baseline",
+        "kernels": {"avx2": "AVX2", "avx512": "AVX-512"}.get(kernel_isa(), "baseline"),
     }
 
 

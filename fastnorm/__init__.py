@@ -8,6 +8,7 @@ norm) behind the cs231n NumPy API.
 ``fastnorm.reference`` has the pure-NumPy versions of the same functions.
 """
 
+from ._build import kernel_isa
 from ._build import load_kernels as _load_kernels
 
 _load_kernels()  # an ImportError that says how to build, never a NumPy fall-back
@@ -51,6 +52,7 @@ __all__ = [
     "reference",
     "gradient_check",
     "openmp_enabled",
+    "kernel_isa",
     "get_num_threads",
     "set_num_threads",
     "num_threads",

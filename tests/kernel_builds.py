@@ -19,6 +19,13 @@ def _module(name):
 
 
 BASELINE = _module("_kernels")
-AVX2 = _module("_kernels_avx2")  # None in a debug build, which makes only the baseline
+# None in a debug build, which makes only the baseline (and where
+# FASTNORM_NO_AVX2 / FASTNORM_NO_AVX512 skipped them)
+AVX2 = _module("_kernels_avx2")
 HAVE_BOTH = AVX2 is not None and BASELINE.cpu_has_avx2_fma()
-RUNNABLE = [BASELINE, AVX2] if HAVE_BOTH else [BASELINE]  # the builds this CPU can run
+# imported only where the CPU runs it: even its module initialization may hold
+# AVX-512 instructions
+AVX512 = _module("_kernels_avx512") if BASELINE.cpu_supports("avx512") else None
+HAVE_AVX512 = AVX512 is not None
+# every build this CPU can run, lowest level first
+RUNNABLE = [m for m, runs in ((BASELINE, True), (AVX2, HAVE_BOTH), (AVX512, HAVE_AVX512)) if runs]

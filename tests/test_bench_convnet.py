@@ -44,7 +44,7 @@ def test_cli_writes_table_markdown_and_json(tiny, tmp_path, capsys):
     assert (out / "convnet.md").read_text().count("\n| ") == 4  # header and three rows
 
 
-@pytest.mark.parametrize("extra", [["--vs-torch"], ["--shapes", "4x5"], ["--check"]])
+@pytest.mark.parametrize("extra", [["--vs-torch"], ["--nd"], ["--shapes", "4x5"], ["--check"]])
 def test_cli_refuses_options_of_the_kernel_benchmark(extra, tmp_path, capsys):
     assert main(["bench", "--convnet", *extra, "--out", str(tmp_path)]) == 2
     assert "--convnet takes" in capsys.readouterr().err

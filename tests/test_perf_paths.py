@@ -14,7 +14,7 @@ import fastnorm as fn
 from fastnorm import _build
 from fastnorm import reference as ref
 
-from kernel_builds import AVX2, BASELINE, HAVE_BOTH
+from kernel_builds import AVX2, BASELINE, HAVE_AVX512, HAVE_BOTH
 
 BUILDS = ["_kernels", "_kernels_avx2"]
 
@@ -57,8 +57,10 @@ def test_dispatch_follows_the_cpu():
     chosen = _build.load_kernels()
     assert fn.normalization._kernels is chosen
     forced = os.environ.get("FASTNORM_KERNELS", "auto").strip().lower()
-    if forced in ("baseline", "avx2"):
+    if forced in ("baseline", "avx2", "avx512"):
         assert chosen.ISA == forced
+    elif HAVE_AVX512:
+        assert chosen.ISA == "avx512"
     elif HAVE_BOTH:
         assert chosen.ISA == "avx2"
     else:

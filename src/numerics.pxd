@@ -1,0 +1,62 @@
+# Helpers the building blocks share: how float32 work carries a double mean,
+# which moments take a correction pass, and outputs marked as overlapping nothing.
+
+from cython cimport floating
+from libc.math cimport isfinite
+from libc.stdlib cimport malloc
+
+
+cdef extern from *:
+    # An output row (out, dx) or a column partial never overlaps the inputs or each
+    # other. Said to the compiler, a loop that writes one keeps its lane sums in
+    # registers instead of checking for overlap at run time around a stack copy of
+    # them, and a short row's loop skips the checks.
+    ctypedef double* partial_ptr "double *__restrict__"
+    ctypedef float* float_out "float *__restrict__"
+    ctypedef double* double_out "double *__restrict__"
+
+ctypedef fused floating_out:   # an output row of x's dtype
+    float_out
+    double_out
+
+
+cdef inline double correction(double residue, double factor) noexcept nogil:
+    """residue * factor for the float32 residue (mean - shift, below float32's
+    rounding), or 0 where that is not finite: where the factor or the mean is
+    infinite, the value it would correct is the answer already, and 0 * inf or
+    inf - inf would make a NaN of it (float64 has no residue: its correction is
+    0, and x - 0 is x). A select, not a branch: a loop that calls it stays vectorized."""
+    cdef double product = residue * factor
+    return product if isfinite(product) else 0.0
+
+
+cdef inline floating less_residue(floating value, double residue, double factor) noexcept nogil:
+    """value - correction(residue, factor), rounded to value's dtype (float32);
+    float64 has no residue: value as it is (a -0.0 stays -0.0)."""
+    if floating is double:
+        return value
+    else:
+        return <floating> (value - correction(residue, factor))
+
+
+cdef inline bint corrects_mean(const floating* x) noexcept nogil:
+    """Whether moments of x's dtype take the corrected two-pass mean (a pass that
+    sums the deviations from the first mean): float64 needs it for a constant row
+    or column to give its value exactly and m2 == 0; float32 values summed in
+    double are exact there already."""
+    return floating is double
+
+
+cdef inline const double* as_double(const floating* a, Py_ssize_t n, double** copy_out) noexcept nogil:
+    """a itself (float64) or a copy of it converted to double (float32), which the
+    caller frees (copy_out; NULL for float64). NULL when the copy cannot be had."""
+    cdef Py_ssize_t j
+    copy_out[0] = NULL
+    if floating is double:
+        return a
+    else:
+        copy_out[0] = <double*> malloc(n * sizeof(double))
+        if copy_out[0] != NULL:
+            for j in range(n):
+                copy_out[0][j] = a[j]
+        return copy_out[0]
