@@ -238,8 +238,11 @@ def spatial_batchnorm_backward(const floating[:, :, ::1] dout, const floating[:,
                                const floating[::1] gamma, bint train, int ddof,
                                floating[:, :, ::1] dx, floating[::1] dgamma, floating[::1] dbeta,
                                int n_threads):
+    cdef int status
     with nogil:
-        sbn_backward(dout, x, mean, inv_std, gamma, train, ddof, dx, dgamma, dbeta, n_threads)
+        status = sbn_backward(dout, x, mean, inv_std, gamma, train, ddof, dx, dgamma, dbeta,
+                              n_threads)
+    _check(status)
 
 
 # The same blocks for NCHW memory: x, dout, dx (N, C, P) with P = H*W, statistics per
