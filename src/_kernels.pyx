@@ -164,12 +164,14 @@ def column_moments(const floating[:, ::1] x, double[::1] mean_out, double[::1] m
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1]
     _check_shape("mean_out", (mean_out.shape[0],), (D,))
     _check_shape("m2_out", (m2_out.shape[0],), (D,))
-    if D == 0:
+    if N == 0:
+        mean_out[:] = 0.0
+        m2_out[:] = 0.0
+    if N == 0 or D == 0:
         return
     cdef int status
-    cdef const floating* x_ptr = &x[0, 0] if N > 0 else NULL
     with nogil:
-        status = _column_moments(x_ptr, N, D, &mean_out[0], &m2_out[0], n_threads)
+        status = _column_moments(&x[0, 0], N, D, &mean_out[0], &m2_out[0], n_threads)
     _check(status)
 
 
@@ -183,13 +185,14 @@ def column_grad_sums(const floating[:, ::1] dout, const floating[:, ::1] x,
     for name, length in (("mean", mean.shape[0]), ("sum_dy_out", sum_dy_out.shape[0]),
                          ("sum_dy_xc_out", sum_dy_xc_out.shape[0])):
         _check_shape(name, (length,), (D,))
-    if D == 0:
+    if N == 0:
+        sum_dy_out[:] = 0.0
+        sum_dy_xc_out[:] = 0.0
+    if N == 0 or D == 0:
         return
     cdef int status
-    cdef const floating* dout_ptr = &dout[0, 0] if N > 0 else NULL
-    cdef const floating* x_ptr = &x[0, 0] if N > 0 else NULL
     with nogil:
-        status = _column_grad_sums(dout_ptr, x_ptr, N, D, &mean[0], &sum_dy_out[0],
+        status = _column_grad_sums(&dout[0, 0], &x[0, 0], N, D, &mean[0], &sum_dy_out[0],
                                    &sum_dy_xc_out[0], n_threads)
     _check(status)
 
@@ -238,8 +241,11 @@ def spatial_batchnorm_backward(const floating[:, :, ::1] dout, const floating[:,
                                const floating[::1] gamma, bint train, int ddof,
                                floating[:, :, ::1] dx, floating[::1] dgamma, floating[::1] dbeta,
                                int n_threads):
+    cdef int status
     with nogil:
-        sbn_backward(dout, x, mean, inv_std, gamma, train, ddof, dx, dgamma, dbeta, n_threads)
+        status = sbn_backward(dout, x, mean, inv_std, gamma, train, ddof, dx, dgamma, dbeta,
+                              n_threads)
+    _check(status)
 
 
 # The same blocks for NCHW memory: x, dout, dx (N, C, P) with P = H*W, statistics per

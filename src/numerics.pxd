@@ -30,6 +30,12 @@ cdef inline double correction(double residue, double factor) noexcept nogil:
     return product if isfinite(product) else 0.0
 
 
+cdef inline bint has_residue(const floating* x) noexcept nogil:
+    """Whether work in x's dtype carries a residue: float32 splits a double mean
+    into a float32 shift and mean - shift; float64's shift is the mean itself."""
+    return floating is float
+
+
 cdef inline floating less_residue(floating value, double residue, double factor) noexcept nogil:
     """value - correction(residue, factor), rounded to value's dtype (float32);
     float64 has no residue: value as it is (a -0.0 stays -0.0)."""

@@ -10,6 +10,14 @@ from cython cimport floating
 from libc.math cimport sqrt, sqrtf
 
 
+cdef inline floating _sqrt(floating v) noexcept nogil:
+    """sqrt in v's dtype, as NumPy takes it (float32: sqrtf, not through double)."""
+    if floating is float:
+        return sqrtf(v)
+    else:
+        return sqrt(v)
+
+
 cdef inline void adam_step(const floating[::1] w, const floating[::1] dw,
                            const floating[::1] m, const floating[::1] v,
                            floating lr, floating beta1, floating one_minus_beta1,
@@ -28,8 +36,5 @@ cdef inline void adam_step(const floating[::1] w, const floating[::1] dw,
         m_out[i] = beta1 * m[i] + one_minus_beta1 * g
         v_out[i] = beta2 * v[i] + one_minus_beta2 * (g * g)
     for i in range(n):
-        if floating is float:
-            root = sqrtf(v_out[i] / bias2)
-        else:
-            root = sqrt(v_out[i] / bias2)
+        root = _sqrt(v_out[i] / bias2)
         next_w[i] = w[i] - lr * (m_out[i] / bias1) / (root + eps)

@@ -215,3 +215,15 @@ def test_cache_of_another_op(api, op):
     with pytest.raises(TypeError, match="cache must be"):
         backward(np.ones(caches[op][1]), {"x": np.ones(caches[op][1])})
 
+
+
+@pytest.mark.parametrize("op", ["spatial_batchnorm", "spatial_groupnorm", "rmsnorm"])
+def test_compiled_and_reference_caches_do_not_mix(op):
+    x, g, b = bn_inputs()
+    for forward_api, backward_api in ((fn, ref), (ref, fn)):
+        cache, shape = forwards(forward_api)[op]
+        with pytest.raises(TypeError, match="cache must be"):
+            getattr(backward_api, f"{op}_backward")(np.ones(shape), cache)
+    _, bn_cache = fn.batchnorm_forward(x.reshape(-1, 5), np.ones(5), np.zeros(5), {"mode": "train"})
+    with pytest.raises(TypeError, match="cache must be the one returned by spatial_batchnorm_forward"):
+        fn.spatial_batchnorm_backward(x, bn_cache)
