@@ -8,6 +8,7 @@ constants (the C enums of _parallel.pxd are generated from them, so a literal
 `tasks`, the one-thread/many-thread loop over independent tasks.
 """
 
+import textwrap
 from pathlib import Path
 
 from Cython.Tempita import Template
@@ -34,13 +35,13 @@ def tasks(var, count, n_threads, call):
     even a one-thread OpenMP region costs ~0.5-1 us, much of a small call), else as a
     static prange. Each task is the same one call in both loops, so both compute the
     same bits. `call` may span lines; place the helper alone on its line."""
-    body = call.strip().split("\n")
+    body = textwrap.dedent(call).strip("\n").split("\n")
     lines = [f"if {n_threads} == 1:   # no OpenMP team (see threads_for)",
              f"    for {var} in range({count}):"]
-    lines += ["        " + line.strip() for line in body]
+    lines += ["        " + line for line in body]
     lines += ["else:",
               f"    for {var} in prange({count}, num_threads={n_threads}, schedule='static'):"]
-    lines += ["        " + line.strip() for line in body]
+    lines += ["        " + line for line in body]
     return lines[0] + "".join("\n" + _INDENT + line for line in lines[1:])
 
 
