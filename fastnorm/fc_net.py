@@ -9,6 +9,11 @@ Architecture: {affine - [batch/layer norm] - relu - [dropout]} x (L - 1) -
 affine - softmax, with L = len(hidden_dims) + 1. ``kernels="reference"`` runs
 the same model on the NumPy normalization of ``fastnorm.reference`` instead of
 the compiled kernels, so the two can be timed on identical models.
+
+``loss`` checks X and y once (``check_inputs``); the layers then run through
+their unchecked twins in ``fastnorm.layers``, since every array they see was
+made by the model itself. The normalization calls stay the public ones (their
+checks of a plain contiguous float array are a few identity tests).
 """
 
 from __future__ import annotations
@@ -123,7 +128,8 @@ class FullyConnectedNet:
         return module.layernorm_forward, module.layernorm_backward
 
     def check_inputs(self, X, y=None):
-        """X as an (N, ...) array of self.dtype with input_dim values per sample; y checked labels."""
+        """X as an (N, ...) array of self.dtype with input_dim values per sample; y checked labels.
+        The only check of X and y in a loss call: the layers after it trust their inputs."""
         X = as_real_array("X", X)
         if X.ndim < 2 or X.shape[0] == 0:
             raise ValueError(f"X must be (N, d_1, ..., d_k) with N >= 1, got shape {X.shape}")
@@ -156,7 +162,7 @@ class FullyConnectedNet:
         scores, caches = self._forward(X, drop)
         if y is None:
             return scores
-        loss, dscores = layers.softmax_loss(scores, y)
+        loss, dscores = layers._softmax_loss(scores, y)
         grads = self._backward(dscores, caches)
         if self.reg:  # reg 0 adds nothing (and 0 * inf would make a NaN of an overflow)
             for i in range(1, self.num_layers + 1):
@@ -171,17 +177,17 @@ class FullyConnectedNet:
         caches = []
         h = X
         for i in range(1, self.num_layers):
-            h, c_aff = layers.affine_forward(h, self.params[f"W{i}"], self.params[f"b{i}"])
+            h, c_aff = layers._affine(h, self.params[f"W{i}"], self.params[f"b{i}"])
             c_norm = c_drop = None
             if norm_forward:
                 h, c_norm = norm_forward(h, self.params[f"gamma{i}"], self.params[f"beta{i}"],
                                          self.bn_params[i - 1])
-            h, c_relu = layers.relu_forward(h)
+            h, c_relu = layers._relu(h)
             if self.use_dropout:
-                h, c_drop = layers.dropout_forward(h, drop)
+                h, c_drop = layers._dropout(h, drop["mode"], drop["p"], drop)
             caches.append((c_aff, c_norm, c_relu, c_drop))
         L = self.num_layers
-        scores, c_last = layers.affine_forward(h, self.params[f"W{L}"], self.params[f"b{L}"])
+        scores, c_last = layers._affine(h, self.params[f"W{L}"], self.params[f"b{L}"])
         caches.append(c_last)
         return scores, caches
 
@@ -190,15 +196,15 @@ class FullyConnectedNet:
         norm_backward = self._norm_functions()[1] if self.normalization else None
         grads = {}
         L = self.num_layers
-        dh, grads[f"W{L}"], grads[f"b{L}"] = layers.affine_backward(dscores, caches[-1])
+        dh, grads[f"W{L}"], grads[f"b{L}"] = layers._affine_grads(dscores, caches[-1])
         for i in range(L - 1, 0, -1):
             c_aff, c_norm, c_relu, c_drop = caches[i - 1]
             if self.use_dropout:
-                dh = layers.dropout_backward(dh, c_drop)
-            dh = layers.relu_backward(dh, c_relu)
+                dh = layers._dropout_grad(dh, c_drop[1])
+            dh = layers._relu_grad(dh, c_relu)
             if norm_backward:
                 dh, grads[f"gamma{i}"], grads[f"beta{i}"] = norm_backward(dh, c_norm)
-            dh, grads[f"W{i}"], grads[f"b{i}"] = layers.affine_backward(dh, c_aff)
+            dh, grads[f"W{i}"], grads[f"b{i}"] = layers._affine_grads(dh, c_aff)
         return grads
 
     def __repr__(self):

@@ -12,6 +12,11 @@ float32 through (NumPy's type promotion decides when dtypes are mixed).
 
 The normalization functions are the compiled ones of ``fastnorm``;
 ``fastnorm.reference`` holds their NumPy twins.
+
+Each public function checks its arguments, then calls a private twin that only
+computes (``_affine``, ``_relu``, ``_dropout``, ``_softmax_loss`` and their
+gradients); FullyConnectedNet checks X and y once per loss call and calls the
+twins on the arrays it made itself.
 """
 
 from __future__ import annotations
@@ -79,7 +84,10 @@ def affine_forward(x, w, b):
     x: (N, d_1, ..., d_k) with D = d_1 * ... * d_k; w: (D, M); b: (M,).
     Returns out (N, M) and cache (x, w, b).
     """
-    x, w, b = _check_affine(x, w, b)
+    return _affine(*_check_affine(x, w, b))
+
+
+def _affine(x, w, b):
     out = x.reshape(x.shape[0], w.shape[0]) @ w + b  # not -1: NumPy cannot infer it for N = 0
     return out, (x, w, b)
 
@@ -91,6 +99,11 @@ def affine_backward(dout, cache):
     dout = as_real_array("dout", dout)
     if dout.shape != (x.shape[0], w.shape[1]):
         raise ValueError(f"dout must have shape (N, M) = {(x.shape[0], w.shape[1])}, got {dout.shape}")
+    return _affine_grads(dout, cache)
+
+
+def _affine_grads(dout, cache):
+    x, w, _ = cache
     dx = (dout @ w.T).reshape(x.shape)
     dw = x.reshape(x.shape[0], w.shape[0]).T @ dout
     db = dout.sum(axis=0)
@@ -101,7 +114,10 @@ def affine_backward(dout, cache):
 
 def relu_forward(x):
     """out = max(0, x), any shape; the cache is x."""
-    x = as_real_array("x", x)
+    return _relu(as_real_array("x", x))
+
+
+def _relu(x):
     return np.maximum(x, 0), x
 
 
@@ -113,6 +129,10 @@ def relu_backward(dout, cache):
     dout = as_real_array("dout", dout)
     if dout.shape != x.shape:
         raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
+    return _relu_grad(dout, x)
+
+
+def _relu_grad(dout, x):
     return np.where(x > 0, dout, np.zeros((), dout.dtype))
 
 
@@ -157,7 +177,10 @@ def dropout_forward(x, dropout_param):
     In test mode out is x. Returns out (shape of x) and cache (dropout_param, mask).
     """
     mode, p = _check_dropout_param(dropout_param)
-    x = as_real_array("x", x)
+    return _dropout(as_real_array("x", x), mode, p, dropout_param)
+
+
+def _dropout(x, mode, p, dropout_param):
     if mode == "test" or p == 1:
         return x.copy(), (dropout_param, None)
     dtype = x.dtype if x.dtype.kind == "f" else np.float64
@@ -170,11 +193,13 @@ def dropout_backward(dout, cache):
     _check_cache(cache, 2, "(dropout_param, mask)", "dropout_forward")
     _, mask = cache
     dout = as_real_array("dout", dout)
-    if mask is None:
-        return dout.copy()
-    if dout.shape != mask.shape:
+    if mask is not None and dout.shape != mask.shape:
         raise ValueError(f"dout must have the shape of x {mask.shape}, got {dout.shape}")
-    return dout * mask
+    return _dropout_grad(dout, mask)
+
+
+def _dropout_grad(dout, mask):
+    return dout.copy() if mask is None else dout * mask
 
 
 # ---------------------------------------------------------------- softmax loss
@@ -204,8 +229,11 @@ def softmax_loss(x, y):
     x = as_real_array("x", x)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"scores must be 2-D (N, C) with N >= 1, got shape {x.shape}")
-    N, C = x.shape
-    y = check_labels(y, N, C)
+    return _softmax_loss(x, check_labels(y, *x.shape))
+
+
+def _softmax_loss(x, y):
+    N = x.shape[0]
     shifted = x - x.max(axis=1, keepdims=True)
     Z = np.exp(shifted).sum(axis=1, keepdims=True)
     probs = np.exp(shifted) / Z

@@ -24,26 +24,10 @@ the model when training ends.
 
 Checkpoints
 -----------
-With ``checkpoint_name``, every accuracy check (iteration 1 and each epoch end)
-writes ``f"{checkpoint_name}_epoch_{epoch}.pkl"`` atomically: a temporary file
-in the same folder, flushed and fsynced, then ``os.replace``. A crash leaves
-either the previous file or the new one, never a partial ``.pkl`` (a process
-killed mid-write may leave a stray ``*.tmp``, which is never read). The file is a
-pickled dict:
-
-    format            "fastnorm-solver-checkpoint" (CHECKPOINT_FORMAT)
-    version           1 (CHECKPOINT_VERSION)
-    model             the model object (params, bn_params with running stats, dropout_param)
-    update_rule       the rule's name in fastnorm.optim (or the callable)
-    optim_config, lr_decay, batch_size, num_epochs, num_train_samples,
-    num_val_samples, checkpoint_name, print_every, verbose   the Solver's settings
-    optim_configs     per parameter: the rule's state (velocity, m, v, t, decayed learning_rate)
-    epoch, iteration  epochs finished, iterations done (the next one is iteration + 1)
-    loss_history, train_acc_history, val_acc_history, best_val_acc, best_params
-    rng_state         np.random.get_state() right after the checkpoint's accuracy check
-
-Resuming continues exactly as the uninterrupted run would (same minibatches,
-same losses, bit for bit), on the same data:
+With ``checkpoint_name``, every accuracy check writes
+``f"{checkpoint_name}_epoch_{epoch}.pkl"`` atomically (``fastnorm.checkpoint``
+describes the file). Resuming continues exactly as the uninterrupted run would
+(same minibatches, same losses, bit for bit), on the same data:
 
     solver = Solver.from_checkpoint("run_epoch_3.pkl", data)          # model and settings from the file
     solver = Solver.from_checkpoint(path, data, num_epochs=20)        # keywords override the settings
@@ -63,27 +47,23 @@ the last good state.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import os
-import pickle
 import sys
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
 
 from . import optim
 from ._validate import as_real_array, finite_float
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, SETTINGS, check_writable, latest, read,
+                         restore_into, solver_state, write)
 from .layers import check_labels
 
 _OWN_RULES = tuple(optim.UPDATE_RULES.values())
 
 __all__ = ["Solver", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
-
-CHECKPOINT_FORMAT = "fastnorm-solver-checkpoint"
-CHECKPOINT_VERSION = 1
 
 _DEFAULTS = {
     "update_rule": "sgd",
@@ -98,13 +78,6 @@ _DEFAULTS = {
     "verbose": True,
     "progress": None,
 }
-_SETTINGS = ("optim_config", "lr_decay", "batch_size", "num_epochs", "num_train_samples",
-             "num_val_samples", "checkpoint_name", "print_every", "verbose")
-_STATE_KEYS = ("model", "update_rule", "optim_configs", "epoch", "iteration", "loss_history",
-               "train_acc_history", "val_acc_history", "best_val_acc", "best_params", "rng_state",
-               *_SETTINGS)  # what checkpoint_state writes
-
-
 def _int_at_least(name, value, low, allow_none=False):
     if value is None and allow_none:
         return None
@@ -142,16 +115,6 @@ def _check_split(data, split, model):
         bad = np.argwhere(~np.isfinite(X.reshape(X.shape[0], -1)))[0][0]
         raise ValueError(f"data['X_{split}'] has NaN or infinite values (first in sample {bad})")
     return X, y
-
-
-def _architecture(model) -> dict:
-    """What must agree, beyond parameter shapes, for a checkpoint to fit a model."""
-    dropout = getattr(model, "dropout_param", None) or {}
-    return {
-        "normalization": getattr(model, "normalization", None),
-        "dtype": getattr(model, "dtype", None),
-        "dropout keep ratio": dropout.get("p", 1),
-    }
 
 
 class Solver:
@@ -342,17 +305,8 @@ class Solver:
 
     def train(self):
         """Run the remaining iterations, then put the best-validation parameters into the model."""
-        name = self.checkpoint_name
-        if name is not None:
-            # else the first checkpoint fails after an update: a missing folder on a
-            # temporary file's name, a lambda update_rule or a model pickle cannot write
-            if not os.path.isdir(os.path.dirname(os.path.abspath(name))):
-                raise FileNotFoundError(f"the folder of checkpoint_name {name!r} does not exist")
-            try:
-                pickle.dumps(self.checkpoint_state(), protocol=pickle.HIGHEST_PROTOCOL)
-            except (pickle.PicklingError, TypeError, AttributeError) as exc:
-                raise TypeError(f"checkpoints cannot be written: {exc} (a caller's update_rule must be "
-                                "a module-level function; or use checkpoint_name=None)") from None
+        if self.checkpoint_name is not None:
+            check_writable(self)
         if self._pending_rng_state is not None:
             np.random.set_state(self._pending_rng_state)
             self._pending_rng_state = None
@@ -386,94 +340,24 @@ class Solver:
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
         self._save_checkpoint()
 
-    # ------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------ checkpoints (fastnorm.checkpoint)
 
     def checkpoint_state(self):
-        """The dict a checkpoint file holds (see the module docstring)."""
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "model": self.model,
-            "update_rule": self._rule_name,
-            "lr_decay": self.lr_decay,
-            "optim_configs": self.optim_configs,
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            "loss_history": self.loss_history,
-            "train_acc_history": self.train_acc_history,
-            "val_acc_history": self.val_acc_history,
-            "best_val_acc": self.best_val_acc,
-            "best_params": self.best_params,
-            "rng_state": np.random.get_state(),
-        }
-        state.update({k: getattr(self, k) for k in _SETTINGS})
-        return state
+        """The dict a checkpoint file holds (see fastnorm.checkpoint)."""
+        return solver_state(self)
 
     def _save_checkpoint(self):
-        if self.checkpoint_name is None:
-            return
-        path = f"{self.checkpoint_name}_epoch_{self.epoch}.pkl"
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(self.checkpoint_state(), f, protocol=pickle.HIGHEST_PROTOCOL)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        self.last_checkpoint = path
+        if self.checkpoint_name is not None:
+            self.last_checkpoint = write(self)
 
-    @staticmethod
-    def latest_checkpoint(checkpoint_name):
-        """Path of the highest-epoch ``{checkpoint_name}_epoch_{k}.pkl`` on disk, or None."""
-        name = os.fspath(checkpoint_name)
-        folder = os.path.dirname(name) or "."
-        prefix = os.path.basename(name) + "_epoch_"
-        epochs = []
-        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
-            k = entry[len(prefix):-len(".pkl")]
-            if entry.startswith(prefix) and entry.endswith(".pkl") and k.isdigit():
-                epochs.append(int(k))
-        return f"{name}_epoch_{max(epochs)}.pkl" if epochs else None
-
-    @staticmethod
-    def load_checkpoint(path):
-        """The dict saved at `path`, checked to be a fastnorm Solver checkpoint.
-
-        Only load files you trust: checkpoints are pickles.
-        """
-        try:
-            with open(path, "rb") as f:
-                state = pickle.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint {path} does not exist") from None
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exc:
-            raise ValueError(f"checkpoint {path} is corrupt or not a pickle: {exc}") from None
-        Solver._check_state(state, path)
-        return state
-
-    @staticmethod
-    def _check_state(state, origin):
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{origin} is not a fastnorm Solver checkpoint")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{origin} has checkpoint version {state.get('version')}, "
-                             f"this fastnorm reads version {CHECKPOINT_VERSION}")
-        missing = [k for k in _STATE_KEYS if k not in state]
-        if missing:
-            raise ValueError(f"{origin} is incomplete: it has no {', '.join(missing)}")
-        if not isinstance(getattr(state["model"], "params", None), dict):
-            raise ValueError(f"{origin} holds no model with a params dict")
+    latest_checkpoint = staticmethod(latest)
+    load_checkpoint = staticmethod(read)
 
     @classmethod
     def from_checkpoint(cls, path, data, **kwargs):
         """A Solver with the model, settings and state saved at `path`; keywords override settings."""
-        state = cls.load_checkpoint(path)
-        settings = {k: state[k] for k in _SETTINGS}
+        state = read(path)
+        settings = {k: state[k] for k in SETTINGS}
         settings["update_rule"] = state["update_rule"]
         settings.update(kwargs)
         solver = cls(state["model"], data, **settings)
@@ -481,34 +365,6 @@ class Solver:
         return solver
 
     def restore(self, checkpoint):
-        """Load a checkpoint (a path or the dict of load_checkpoint) into this solver and its model.
-
-        The model must have the same parameter names and shapes, normalization,
-        dtype and dropout keep ratio. NumPy's global generator is set to the saved state when
-        train() next starts.
-        """
-        state = self.load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-        self._check_state(state, "the checkpoint")
-        saved = state["model"]
-        mine = {k: np.shape(v) for k, v in self.model.params.items()}
-        theirs = {k: np.shape(v) for k, v in saved.params.items()}
-        if mine != theirs:
-            raise ValueError(f"the checkpoint's parameters {theirs} do not match the model's {mine}")
-        # same widths do not make the same model: a batch-norm state is no layer-norm state
-        mine, theirs = _architecture(self.model), _architecture(saved)
-        for key in mine:
-            if mine[key] != theirs[key]:
-                raise ValueError(f"the checkpoint's model has {key} {theirs[key]!r}, "
-                                 f"this model has {mine[key]!r}")
-        if saved is not self.model:
-            self.model.params = {k: v.copy() for k, v in saved.params.items()}
-            for attr in ("bn_params", "dropout_param"):
-                if hasattr(saved, attr):
-                    setattr(self.model, attr, copy.deepcopy(getattr(saved, attr)))
-        self.optim_configs = copy.deepcopy(state["optim_configs"])
-        for key in ("epoch", "iteration", "best_val_acc"):
-            setattr(self, key, state[key])
-        for key in ("loss_history", "train_acc_history", "val_acc_history"):
-            setattr(self, key, list(state[key]))
-        self.best_params = {k: v.copy() for k, v in state["best_params"].items()}
-        self._pending_rng_state = state["rng_state"]
+        """Load a checkpoint (a path or the dict of load_checkpoint) into this solver and
+        its model, which must match the saved one (see fastnorm.checkpoint.restore_into)."""
+        restore_into(self, checkpoint)

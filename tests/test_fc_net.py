@@ -259,3 +259,36 @@ def test_bad_loss_inputs_name_shapes_and_change_nothing():
 
 def test_exported_from_package():
     assert fn.FullyConnectedNet is FullyConnectedNet
+
+
+@pytest.mark.parametrize("normalization", NORMS)
+def test_loss_checks_x_and_y_once(normalization, monkeypatch):
+    """check_inputs is the only check of X and y in a loss call: the layers the model
+    calls on its own arrays do not convert or re-check them (their public forms do)."""
+    from fastnorm import fc_net, layers
+
+    model = FullyConnectedNet([7, 6], input_dim=12, num_classes=4, normalization=normalization,
+                              dropout_keep_ratio=0.5, dtype=np.float64, seed=1)
+    X = np.random.default_rng(2).standard_normal((5, 3, 4))
+    y = np.array([0, 1, 2, 3, 1])
+    expected = model.loss(X, y)
+    calls = []
+
+    def counted_check(name, value):
+        calls.append(name)
+        return fc_net_check(name, value)
+
+    def counted_labels(*args, **kwargs):
+        calls.append("labels")
+        return labels_check(*args, **kwargs)
+
+    fc_net_check, labels_check = fc_net.as_real_array, layers.check_labels
+    monkeypatch.setattr(fc_net, "as_real_array", counted_check)
+    monkeypatch.setattr(layers, "check_labels", counted_labels)
+    monkeypatch.setattr(layers, "as_real_array", lambda *a: pytest.fail("a layer re-checked an array"))
+    loss, grads = model.loss(X, y)
+    assert calls == ["X", "labels"]
+    assert loss == expected[0]
+    assert all(np.array_equal(grads[k], expected[1][k]) for k in grads)
+    with pytest.raises(pytest.fail.Exception, match="re-checked"):
+        layers.affine_forward(X, model.params["W1"], model.params["b1"])  # the public layer checks
