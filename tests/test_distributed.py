@@ -3,6 +3,7 @@
 The tests on several ranks are in tests/mpi (run by .ci/run under mpiexec).
 """
 
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -138,6 +139,10 @@ def test_without_mpi4py_fastnorm_imports_and_distributed_says_how_to_install(tmp
             import fastnorm.distributed
         except ImportError as exc:
             print("ImportError:", exc)
+        try:
+            fastnorm.FullyConnectedNet([3], comm=object())
+        except ImportError as exc:
+            print("model:", exc)
     """)
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
@@ -145,3 +150,60 @@ def test_without_mpi4py_fastnorm_imports_and_distributed_says_how_to_install(tmp
     assert done.returncode == 0, done.stderr
     assert 'ImportError: fastnorm.distributed needs mpi4py' in done.stdout
     assert 'pip install "fastnorm[mpi]"' in done.stdout
+    assert 'model: fastnorm.distributed needs mpi4py' in done.stdout
+
+
+def _classes(seed=5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 150)
+    X = rng.standard_normal((4, 10))[y] * 2 + rng.standard_normal((150, 10))
+    return {"X_train": X[:120], "y_train": y[:120], "X_val": X[120:], "y_val": y[120:]}
+
+
+def _solver(comm, keep=1.0):
+    np.random.seed(1)
+    model = fn.FullyConnectedNet([12, 7], input_dim=10, num_classes=4, normalization="batchnorm", reg=0.1,
+                                 weight_scale=0.2, dropout_keep_ratio=keep, dtype=np.float64, comm=comm)
+    kwargs = {} if comm is None else {"comm": comm}
+    solver = fn.Solver(model, _classes(), update_rule="sgd_momentum", batch_size=16, num_epochs=2,
+                       verbose=False, **kwargs)
+    solver.train()
+    return solver
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.6])
+def test_one_rank_trains_as_without_comm(keep):
+    plain, one = _solver(None, keep), _solver(SELF, keep)
+    np.testing.assert_allclose(one.loss_history, plain.loss_history, rtol=1e-12)
+    assert one.val_acc_history == plain.val_acc_history
+    for k, w in plain.model.params.items():
+        np.testing.assert_allclose(one.model.params[k], w, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_the_model_on_a_communicator():
+    np.random.seed(2)
+    model = fn.FullyConnectedNet([5], input_dim=10, num_classes=4, normalization="batchnorm", reg=0.3,
+                                 dtype=np.float64, comm=SELF)
+    data = _classes()
+    X, y = data["X_train"][:9], data["y_train"][:9]
+    loss, grads = model.loss(X, y)
+    model.comm = None
+    want_loss, want_grads = model.loss(X, y)
+    assert loss == pytest.approx(want_loss, rel=1e-13)
+    for k in want_grads:
+        np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    model.comm = SELF
+    assert model.loss(X[:0]).shape == (0, 4)  # a rank's empty share of an accuracy check
+    with pytest.raises(ValueError, match="the global batch is empty"):
+        model.loss(X[:0], y[:0])
+    assert pickle.loads(pickle.dumps(model)).comm is None  # checkpoints hold no communicator
+
+
+def test_comm_arguments_are_checked():
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fn.FullyConnectedNet([3], input_dim=10, num_classes=4, comm=0)
+    with pytest.raises(ValueError, match="kernels='fast'"):
+        fn.FullyConnectedNet([3], input_dim=10, num_classes=4, kernels="reference", comm=SELF)
+    model = fn.FullyConnectedNet([3], input_dim=10, num_classes=4, normalization="batchnorm")
+    with pytest.raises(ValueError, match=r"FullyConnectedNet\(\.\.\., comm=comm\)"):
+        fn.Solver(model, _classes(), comm=SELF)
