@@ -1,10 +1,11 @@
-"""fastnorm: compiled batch-norm and layer-norm kernels behind the cs231n NumPy API.
+"""fastnorm: compiled normalization kernels (batch, layer, spatial batch, group and RMS
+norm) behind the cs231n NumPy API.
 
     import fastnorm as fn
     out, cache = fn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
     dx, dgamma, dbeta = fn.batchnorm_backward(dout, cache)
 
-``fastnorm.reference`` has the pure-NumPy versions of the same five functions.
+``fastnorm.reference`` has the pure-NumPy versions of the same functions.
 """
 
 from ._build import load_kernels as _load_kernels
@@ -20,6 +21,14 @@ from .normalization import (  # noqa: E402
     layernorm_backward,
     layernorm_forward,
 )
+from .normalization_nd import (  # noqa: E402
+    rmsnorm_backward,
+    rmsnorm_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
+)
 from . import data, layers, optim  # noqa: E402
 from .fc_net import FullyConnectedNet  # noqa: E402
 from .solver import Solver  # noqa: E402
@@ -32,6 +41,12 @@ __all__ = [
     "batchnorm_backward_alt",
     "layernorm_forward",
     "layernorm_backward",
+    "spatial_batchnorm_forward",
+    "spatial_batchnorm_backward",
+    "spatial_groupnorm_forward",
+    "spatial_groupnorm_backward",
+    "rmsnorm_forward",
+    "rmsnorm_backward",
     "reference",
     "gradient_check",
     "openmp_enabled",

@@ -136,3 +136,17 @@ def layernorm_forward(x, gamma, beta, ln_param):
 def layernorm_backward(dout, cache):
     """Layer normalization backward (simplified form, along rows)."""
     return _simplified_backward(_checked(dout, cache, "layernorm"), cache)
+
+
+# the N-D normalizations (spatial batch norm, group norm, RMS norm) live in their own file
+from .reference_nd import (  # noqa: E402
+    rmsnorm_backward,
+    rmsnorm_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
+)
+from . import reference_nd as _reference_nd  # noqa: E402
+
+__all__ += _reference_nd.__all__
