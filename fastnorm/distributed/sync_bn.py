@@ -28,8 +28,27 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import _validate
+from .._build import load_kernels
 from .._threads import get_num_threads
-from . import _stand_in as _blocks
+from . import _stand_in
+
+_kernels = load_kernels()
+
+
+class _Blocks(NamedTuple):
+    """The compiled building blocks of one memory layout: per-rank moments, backward
+    sums, dx from the global sums, and the normalize of the forward."""
+
+    moments: object
+    grad_sums: object
+    dx: object
+    normalize: object
+
+
+_PLANES = _Blocks(_kernels.plane_moments, _kernels.plane_grad_sums, _kernels.plane_dx,
+                  _kernels.plane_normalize)
+_COLUMNS = _Blocks(_stand_in.column_moments, _stand_in.column_grad_sums, _stand_in.column_dx,
+                   _stand_in.normalize)
 
 __all__ = ["sync_batchnorm_forward", "sync_batchnorm_backward", "SyncBatchNormCache"]
 
@@ -192,8 +211,7 @@ def _moments(call: _Call, n_threads: int) -> np.ndarray:
     """(2, C): this shard's mean and centered sum of squares; zeros for an empty shard."""
     moments = np.zeros((2, call.shape[1]))
     if call.count:
-        block = _blocks.plane_moments if call.planes else _blocks.column_moments
-        block(call.view, moments[0], moments[1], n_threads)
+        (_PLANES if call.planes else _COLUMNS).moments(call.view, moments[0], moments[1], n_threads)
     return moments
 
 
@@ -218,7 +236,8 @@ def _normalize(call: _Call, mean, inv_std) -> np.ndarray:
     """out in x's layout: (x - mean) * gamma * inv_std + beta."""
     out = np.empty_like(call.view)
     if call.count:
-        _blocks.normalize(call.view, mean, inv_std, call.gamma, call.beta, out)
+        (_PLANES if call.planes else _COLUMNS).normalize(call.view, mean, inv_std, call.gamma, call.beta,
+                                                         out, get_num_threads())
     return _in_layout(out, call.shape, call.planes, call.channels_last)
 
 
@@ -311,13 +330,13 @@ def sync_batchnorm_backward(dout, cache):
             raise
         error = exc
     n_threads = get_num_threads()
+    blocks = _PLANES if cache.planes else _COLUMNS
     n_local = view.shape[0] * view.shape[2] if cache.planes else view.shape[0]
     sums = np.zeros(2 * C + 2)  # sum dy, sum dy*(x - mean), rows, errors
     if error is not None:
         sums[-1] = 1
     elif n_local:
-        grad_sums = _blocks.plane_grad_sums if cache.planes else _blocks.column_grad_sums
-        grad_sums(dy, view, cache.mean, sums[:C], sums[C:2 * C], n_threads)
+        blocks.grad_sums(dy, view, cache.mean, sums[:C], sums[C:2 * C], n_threads)
     sums[2 * C] = n_local
     total = sums
     if train:
@@ -332,8 +351,7 @@ def sync_batchnorm_backward(dout, cache):
     dtype = view.dtype
     dx = np.empty_like(view)
     if n_local:
-        block = _blocks.plane_dx if cache.planes else _blocks.column_dx
-        block(dy, view, cache.mean, cache.inv_std, gamma, total[:C], total[C:2 * C],
+        blocks.dx(dy, view, cache.mean, cache.inv_std, gamma, total[:C], total[C:2 * C],
               float(cache.count), cache.ddof, train, dx, n_threads)
     dgamma = (sums[C:2 * C] * cache.inv_std).astype(dtype)
     dbeta = sums[:C].astype(dtype)
