@@ -207,3 +207,13 @@ def test_comm_arguments_are_checked():
     model = fn.FullyConnectedNet([3], input_dim=10, num_classes=4, normalization="batchnorm")
     with pytest.raises(ValueError, match=r"FullyConnectedNet\(\.\.\., comm=comm\)"):
         fn.Solver(model, _classes(), comm=SELF)
+
+
+def test_the_distributed_benchmark_prints_its_table(capsys):
+    from fastnorm.benchmarks import distributed as bench
+
+    assert bench.main(["--quick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| case | no comm: ms | 1 rank: ms (MPI share) |"
+    assert len(lines) == 2 + len(bench.QUICK_CASES)
+    assert all(line.startswith("| sync BN") or line.startswith("| train step") for line in lines[2:])
