@@ -5,6 +5,9 @@
     fastnorm bench --vs-torch      against PyTorch's kernels: six shapes and a 2x3 call-overhead
                                    case, float32 and float64, 1 and 2 threads, with a Markdown table
     fastnorm bench --quick         fewer, shorter samples
+    fastnorm bench --nd            the N-D normalizations (spatial batch norm NCHW and channels-last,
+                                   group norm, layer and RMS norm on (..., D)) against NumPy and
+                                   PyTorch; with --vs-torch against PyTorch only, at 1 and 2 threads
 
 Prints a table with the targets met or missed, and writes it with JSON and a
 PNG chart to --out.
@@ -83,6 +86,8 @@ def add_parser(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vs-torch", action="store_true",
                         help="the matrix against PyTorch's kernels at 1 and 2 threads")
+    parser.add_argument("--nd", action="store_true",
+                        help="the N-D normalizations on convnet and transformer shapes (benchmarks/nd.py)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPEAT} runs of >= {QUICK_MIN_TIME_MS:g} ms per contender")
     parser.add_argument("--repeat", type=_number(int),
@@ -193,6 +198,8 @@ def run(args) -> int:
         print("fastnorm bench --vs-torch needs PyTorch: pip install torch==2.13.0", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    if args.nd:
+        return _run_nd(args, started)
     result = measure(args)
     paths = report.write_all(result, args.out)
     print(report.text_report(result))
@@ -203,3 +210,31 @@ def run(args) -> int:
           f"in {time.perf_counter() - started:.0f} s")
     missed = any(v.checked and not v.passed for v in result.verdicts)
     return 1 if args.check and missed else 0
+
+
+def _run_nd(args, started: float) -> int:
+    """`fastnorm bench --nd`: the table, also written as nd.txt, nd.md and nd.json under --out."""
+    import json
+
+    from . import nd, timing, torch_anchor
+
+    timing.settle_allocator()
+    with_torch = not args.no_torch and torch_anchor.available()
+    budget = args.budget if args.budget is not None else QUICK_BUDGET_S if args.quick else BUDGET_S
+    min_time = args.min_time if args.min_time is not None else QUICK_MIN_TIME_MS if args.quick else MIN_TIME_MS
+    threads = args.threads or ([1, 2] if args.vs_torch else [1])
+    dtypes = [d for d in (args.dtypes or nd.DTYPES) if d in nd.DTYPES]
+    cells = nd.run(nd.cases(args.quick, dtypes), threads, args.repeat or (QUICK_REPEAT if args.quick else REPEAT),
+                   min_time / 1e3, budget or None, with_torch, with_numpy=not args.vs_torch, clock_mode=args.clock)
+    text, markdown = nd.report(cells), nd.report(cells, markdown=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "nd.txt").write_text(text + "\n")
+    (args.out / "nd.md").write_text(markdown + "\n")
+    (args.out / "nd.json").write_text(json.dumps(
+        [{"op": c.case.op, "shape": list(c.case.shape), "layout": c.case.layout, "dtype": c.case.dtype,
+          "threads": c.threads, "times": {r: t.as_dict() for r, t in c.timings.items()},
+          "speedup": {r: c.speedup(r) for r in c.timings if r != "fastnorm"}} for c in cells], indent=1))
+    print(text)
+    print(f"\nwrote nd.txt, nd.md, nd.json to {args.out} in {time.perf_counter() - started:.0f} s")
+    behind = any(c.speedup("torch") is not None and c.speedup("torch") < 1.0 for c in cells)
+    return 1 if args.check and behind else 0

@@ -79,3 +79,112 @@ def adam_update(
     m_out: _F,                   # floating[::1] (n,) OUT
     v_out: _F,                   # floating[::1] (n,) OUT
 ) -> None: ...
+
+# N-D normalization (src/planes.pxd, groupnorm.pxd, rmsnorm.pxd). The spatial ops
+# take x as (N, C, P), P = H*W, C-contiguous; a channels-last x goes to batchnorm_*
+# as its (N*H*W, C) matrix instead.
+def spatial_batchnorm_forward(
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    gamma: _F,                   # const floating[::1] (C,)
+    beta: _F,                    # const floating[::1] (C,)
+    running_mean: _F,            # const floating[::1] (C,)
+    running_var: _F,             # const floating[::1] (C,)
+    train: bool,                 # bint
+    momentum: float,             # double
+    eps: float,                  # double
+    ddof: int,                   # int, 0 or 1
+    out: _F,                     # floating[:, :, ::1] (N, C, P) OUT
+    stats: NDArray[np.float64],  # double[:, ::1] (2, C) OUT: mean, inv_std
+    running_out: _F,             # floating[:, ::1] (2, C) OUT: running mean, running var
+    n_threads: int,              # int
+) -> None: ...
+def spatial_batchnorm_backward(
+    dout: _F,                    # const floating[:, :, ::1] (N, C, P)
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    mean: NDArray[np.float64],   # const double[::1] (C,)
+    inv_std: NDArray[np.float64],  # const double[::1] (C,)
+    gamma: _F,                   # const floating[::1] (C,)
+    train: bool,                 # bint
+    ddof: int,                   # int
+    dx: _F,                      # floating[:, :, ::1] (N, C, P) OUT
+    dgamma: _F,                  # floating[::1] (C,) OUT
+    dbeta: _F,                   # floating[::1] (C,) OUT
+    n_threads: int,              # int
+) -> None: ...
+def plane_moments(
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    mean_out: NDArray[np.float64],  # double[::1] (C,) OUT
+    m2_out: NDArray[np.float64],    # double[::1] (C,) OUT: centered sums of squares
+    n_threads: int,              # int
+) -> None: ...
+def plane_normalize(
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    mean: NDArray[np.float64],   # const double[::1] (C,)
+    inv_std: NDArray[np.float64],  # const double[::1] (C,)
+    gamma: _F,                   # const floating[::1] (C,)
+    beta: _F,                    # const floating[::1] (C,)
+    out: _F,                     # floating[:, :, ::1] (N, C, P) OUT
+    n_threads: int,              # int
+) -> None: ...
+def plane_grad_sums(
+    dout: _F,                    # const floating[:, :, ::1] (N, C, P)
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    mean: NDArray[np.float64],   # const double[::1] (C,)
+    sum_dy_out: NDArray[np.float64],     # double[::1] (C,) OUT
+    sum_dy_xc_out: NDArray[np.float64],  # double[::1] (C,) OUT: sum(dout * (x - mean))
+    n_threads: int,              # int
+) -> None: ...
+def plane_dx(
+    dout: _F,                    # const floating[:, :, ::1] (N, C, P)
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    mean: NDArray[np.float64],   # const double[::1] (C,)
+    inv_std: NDArray[np.float64],  # const double[::1] (C,)
+    gamma: _F,                   # const floating[::1] (C,)
+    sum_dy: NDArray[np.float64],     # const double[::1] (C,)
+    sum_dy_xc: NDArray[np.float64],  # const double[::1] (C,)
+    count: float,                # double: values per channel over all ranks
+    ddof: int,                   # int
+    train: bool,                 # bint
+    dx_out: _F,                  # floating[:, :, ::1] (N, C, P) OUT
+    n_threads: int,              # int
+) -> None: ...
+def groupnorm_forward(
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    gamma: _F,                   # const floating[::1] (C,)
+    beta: _F,                    # const floating[::1] (C,)
+    G: int,                      # Py_ssize_t, divides C
+    eps: float,                  # double
+    out: _F,                     # floating[:, :, ::1] (N, C, P) OUT
+    stats: NDArray[np.float64],  # double[:, ::1] (2, N*G) OUT: mean, inv_std
+    n_threads: int,              # int
+) -> None: ...
+def groupnorm_backward(
+    dout: _F,                    # const floating[:, :, ::1] (N, C, P)
+    x: _F,                       # const floating[:, :, ::1] (N, C, P)
+    mean: NDArray[np.float64],   # const double[::1] (N*G,)
+    inv_std: NDArray[np.float64],  # const double[::1] (N*G,)
+    gamma: _F,                   # const floating[::1] (C,)
+    G: int,                      # Py_ssize_t
+    sums: NDArray[np.float64],   # double[:, ::1] (2, N*C) scratch
+    dx: _F,                      # floating[:, :, ::1] (N, C, P) OUT
+    dgamma: _F,                  # floating[::1] (C,) OUT
+    dbeta: _F,                   # floating[::1] (C,) OUT
+    n_threads: int,              # int
+) -> None: ...
+def rmsnorm_forward(
+    x: _F,                       # const floating[:, ::1] (M, D)
+    gamma: _F,                   # const floating[::1] (D,)
+    eps: float,                  # double
+    out: _F,                     # floating[:, ::1] (M, D) OUT
+    rstd: NDArray[np.float64],   # double[::1] (M,) OUT
+    n_threads: int,              # int
+) -> None: ...
+def rmsnorm_backward(
+    dout: _F,                    # const floating[:, ::1] (M, D)
+    x: _F,                       # const floating[:, ::1] (M, D)
+    rstd: NDArray[np.float64],   # const double[::1] (M,)
+    gamma: _F,                   # const floating[::1] (D,)
+    dx: _F,                      # floating[:, ::1] (M, D) OUT
+    dgamma: _F,                  # floating[::1] (D,) OUT
+    n_threads: int,              # int
+) -> None: ...
