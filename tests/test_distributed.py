@@ -4,6 +4,7 @@ The tests on several ranks are in tests/mpi (run by .ci/run under mpiexec).
 """
 
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -217,3 +218,28 @@ def test_the_distributed_benchmark_prints_its_table(capsys):
     assert lines[0] == "| case | no comm: ms | 1 rank: ms (MPI share) |"
     assert len(lines) == 2 + len(bench.QUICK_CASES)
     assert all(line.startswith("| sync BN") or line.startswith("| train step") for line in lines[2:])
+
+
+DOCS = ROOT / "docs" / "distributed.md"
+DOC_BLOCKS = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S) if DOCS.is_file() else []
+
+
+@pytest.mark.parametrize("index", range(len(DOC_BLOCKS)))
+def test_the_docs_examples_run_in_one_process(index, capsys):
+    exec(compile(DOC_BLOCKS[index], f"distributed.md example {index}", "exec"), {})
+
+
+def test_the_docs_have_the_training_script():
+    assert len(DOC_BLOCKS) == 2 and "Solver(" in DOC_BLOCKS[0] and "comm=comm" in DOC_BLOCKS[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_rank_nchw_is_bitwise_spatial_batch_norm(dtype):
+    x, dout, gamma, beta = _data((6, 5, 4, 3), dtype)
+    mine, theirs = {"mode": "train", "ddof": 1}, {"mode": "train", "ddof": 1}
+    out, cache = dist.sync_batchnorm_forward(x, gamma, beta, mine, SELF)
+    want, want_cache = fn.spatial_batchnorm_forward(x, gamma, beta, theirs)
+    assert np.array_equal(out, want)
+    assert np.array_equal(mine["running_var"], theirs["running_var"])
+    for got, expected in zip(dist.sync_batchnorm_backward(dout, cache), fn.spatial_batchnorm_backward(dout, want_cache)):
+        assert np.array_equal(got, expected)
