@@ -22,8 +22,3 @@ def column_dx(dout, x, mean, inv_std, gamma, sum_dy, sum_dy_xc, count, ddof, tra
         dx_out[...] = scale * (dout - sum_dy / count - (x - mean) * inv_std ** 2 * sum_dy_xc / (count - ddof))
     else:
         dx_out[...] = scale * dout
-
-
-def normalize(x, mean, inv_std, gamma, beta, out, n_threads):
-    """out = (x - mean) * gamma * inv_std + beta; x (rows, C)."""
-    out[...] = (x - mean) * (gamma * inv_std) + beta
