@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
 
 import numpy as np
 
@@ -16,6 +15,7 @@ DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.9
 MODES = ("train", "test")
 
+_INF = math.inf
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, floating
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)  # the kernels' dtypes
 
@@ -97,17 +97,28 @@ def real_in_range(name: str, value, low, high=math.inf, low_open=False) -> float
     return number
 
 
-def _real_scalar(params: dict, pname: str, key: str, default, low, high, low_open=False):
-    return real_in_range(f"{pname}['{key}']", params.get(key, default), low, high, low_open)
+# The general halves of the parameter checks: batchnorm_args and layernorm_args test
+# the usual value inline (exact type, in range) and call these only when that fails.
+
+def _real_param(params: dict, pname: str, key: str, default, high) -> float:
+    """params[key] (`default` when absent) as a finite float in [0, high]."""
+    return real_in_range(f"{pname}['{key}']", params.get(key, default), 0.0, high)
 
 
 def _ddof(params: dict, pname: str) -> int:
     ddof = params.get("ddof", 0)
-    if type(ddof) is int and (ddof == 0 or ddof == 1):
-        return ddof  # the common case, before the slower isinstance checks
     if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, numbers.Integral) or ddof not in (0, 1):
         raise ValueError(f"{pname}['ddof'] must be 0 or 1, got {ddof!r}")
     return int(ddof)
+
+
+def _mode(bn_param: dict) -> str:
+    if "mode" not in bn_param:
+        raise ValueError("bn_param['mode'] is required: 'train' or 'test'")
+    mode = bn_param["mode"]
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
+    return mode
 
 
 def _param_dict(params, pname: str) -> dict:
@@ -116,34 +127,34 @@ def _param_dict(params, pname: str) -> dict:
     return params
 
 
-def _x_gamma_beta(x, gamma, beta):
+_ndarray = np.ndarray
+
+
+def _features_last(x, gamma, beta, any_rank: bool) -> tuple:
+    """x (N, D), or (..., D) of any rank >= 2 with any_rank, and gamma, beta (D,), as
+    C-contiguous arrays of their compute dtype: the given arrays when they already are."""
+    if type(x) is _ndarray and type(gamma) is _ndarray and type(beta) is _ndarray:
+        dtype, shape = x.dtype, x.shape
+        d_shape = shape[-1:]
+        if ((dtype is _F64 or dtype is _F32) and gamma.dtype is dtype and beta.dtype is dtype
+                and gamma.shape == d_shape and beta.shape == d_shape
+                and (len(shape) == 2 or (any_rank and len(shape) > 2)) and x.size
+                and x.flags.c_contiguous and gamma.flags.c_contiguous and beta.flags.c_contiguous):
+            return x, gamma, beta  # the usual call: identity tests only
     x = as_real_array("x", x)
     gamma = as_real_array("gamma", gamma)
     beta = as_real_array("beta", beta)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D (N, D), got {x.ndim}-D with shape {x.shape}")
-    N, D = x.shape
-    if N == 0 or D == 0:
+    if x.ndim != 2 and not (any_rank and x.ndim > 2):
+        wanted = "2-D (N, D) or of higher rank (..., D)" if any_rank else "2-D (N, D)"
+        raise ValueError(f"x must be {wanted}, got {x.ndim}-D with shape {x.shape}")
+    if x.size == 0:
         raise ValueError(f"x must have at least one row and one feature, got shape {x.shape}")
-    d_shape = (D,)
+    D = x.shape[-1]
     for name, arr in (("gamma", gamma), ("beta", beta)):
-        if arr.shape != d_shape:
+        if arr.shape != (D,):
             raise ValueError(f"{name} must have shape (D,) = ({D},) for x of shape {x.shape}, got {arr.shape}")
-    return x, gamma, beta
-
-
-class NormCall(NamedTuple):
-    """A validated forward call: C-contiguous arrays of one floating dtype and its settings."""
-
-    x: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    eps: float
-    ddof: int
-    train: bool = True
-    momentum: float = DEFAULT_MOMENTUM
-    running_mean: np.ndarray | None = None
-    running_var: np.ndarray | None = None
+    dtype = compute_dtype(x, gamma, beta)
+    return as_contiguous(x, dtype), as_contiguous(gamma, dtype), as_contiguous(beta, dtype)
 
 
 def as_contiguous(arr: np.ndarray, dtype) -> np.ndarray:
@@ -153,136 +164,74 @@ def as_contiguous(arr: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-_contiguous = as_contiguous
-
-
-_RUNNING_KEYS = (("running_mean", "bn_param['running_mean']"), ("running_var", "bn_param['running_var']"))
-
-
-def batchnorm_call(x, gamma, beta, bn_param) -> NormCall:
-    bn_param = _param_dict(bn_param, "bn_param")
-    if "mode" not in bn_param:
-        raise ValueError("bn_param['mode'] is required: 'train' or 'test'")
-    mode = bn_param["mode"]
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
-    eps = _real_scalar(bn_param, "bn_param", "eps", DEFAULT_EPS, 0.0, np.inf)
-    momentum = _real_scalar(bn_param, "bn_param", "momentum", DEFAULT_MOMENTUM, 0.0, 1.0)
-    ddof = _ddof(bn_param, "bn_param")
-    x, gamma, beta = _x_gamma_beta(x, gamma, beta)
-    N, D = x.shape
-    dtype = compute_dtype(x, gamma, beta)
-    running = []
-    d_shape = (D,)
-    for key, name in _RUNNING_KEYS:
-        if key in bn_param:
-            arr = as_real_array(name, bn_param[key])
-            if arr.shape != d_shape:
-                raise ValueError(
-                    f"bn_param['{key}'] must have shape (D,) = ({D},) for x of shape {x.shape}, got {arr.shape}"
-                )
-            running.append(_contiguous(arr, dtype))
-        else:
-            running.append(np.zeros(D, dtype=dtype))
-    train = mode == "train"
-    if train and N <= ddof:
-        raise ValueError(
-            f"train mode with ddof={ddof} needs more than {ddof} row(s), got x of shape {x.shape}"
-        )
-    return NormCall(
-        _contiguous(x, dtype), _contiguous(gamma, dtype), _contiguous(beta, dtype),
-        eps, ddof, train, momentum, running[0], running[1],
-    )
-
-
-def layernorm_call(x, gamma, beta, ln_param) -> NormCall:
-    ln_param = _param_dict(ln_param, "ln_param")
-    eps = _real_scalar(ln_param, "ln_param", "eps", DEFAULT_EPS, 0.0, np.inf)
-    ddof = _ddof(ln_param, "ln_param")
-    x, gamma, beta = _x_gamma_beta(x, gamma, beta)
-    if x.shape[1] <= ddof:
-        raise ValueError(f"ddof={ddof} needs more than {ddof} feature(s), got x of shape {x.shape}")
-    dtype = compute_dtype(x, gamma, beta)
-    return NormCall(_contiguous(x, dtype), _contiguous(gamma, dtype), _contiguous(beta, dtype), eps, ddof)
-
-
 _ABSENT = object()
-_ndarray = np.ndarray
 
 
-def _usual_arrays(x, gamma, beta, param):
-    """(N, D) when x, gamma and beta are exact ndarrays of one kernel dtype (the same
-    dtype object: byte-swapped or subclassed arrays do not count), C-contiguous, of
-    shapes (N, D) and (D,) with N, D > 0, and param is a plain dict; else None."""
-    if (type(x) is _ndarray and type(gamma) is _ndarray and type(beta) is _ndarray
-            and type(param) is dict):
-        dtype = x.dtype
-        if ((dtype is _F64 or dtype is _F32) and gamma.dtype is dtype and beta.dtype is dtype
-                and x.ndim == 2 and x.flags.c_contiguous
-                and gamma.flags.c_contiguous and beta.flags.c_contiguous):
-            N, D = x.shape
-            if N > 0 and D > 0 and gamma.shape == (D,) and beta.shape == (D,):
-                return N, D
-    return None
-
-
-def _usual_eps_ddof(eps, ddof, n_reduced: int) -> bool:
-    """A float eps in [0, inf) and an int ddof of 0 or 1 below the reduced length."""
-    return (type(eps) is float and 0.0 <= eps < math.inf
-            and type(ddof) is int and (ddof == 0 or ddof == 1) and n_reduced > ddof)
+def _running(bn_param: dict, key: str, x: np.ndarray) -> np.ndarray:
+    """bn_param[key] as a C-contiguous (D,) array of x's dtype; zeros when absent."""
+    D, dtype = x.shape[1], x.dtype
+    arr = bn_param.get(key, _ABSENT)
+    if arr is _ABSENT:
+        return np.zeros(D, dtype)
+    arr = as_real_array(f"bn_param['{key}']", arr)
+    if arr.shape != (D,):
+        raise ValueError(f"bn_param['{key}'] must have shape (D,) = ({D},) for x of shape {x.shape}, got {arr.shape}")
+    return as_contiguous(arr, dtype)
 
 
 def batchnorm_args(x, gamma, beta, bn_param) -> tuple:
-    """batchnorm_call's fields as a plain tuple in NormCall's order, accepting the usual
-    call at the cost of a few identity and range tests.
+    """The checked arguments of a batch-norm forward, for the compiled API and the reference:
 
-    The usual call: _usual_arrays, plus any running statistics already exact
-    C-contiguous (D,) arrays of x's dtype object; bn_param with a str mode, float
-    eps and momentum in range, and an int ddof (0 or 1; fewer than N in train mode).
-    Anything else, valid or not, goes to batchnorm_call, which converts or raises
-    with its messages; for the usual call both give the same values.
+        (x, gamma, beta, eps, ddof, train, momentum, running_mean, running_var)
+
+    x (N, D), gamma, beta and the running statistics (D,) are C-contiguous arrays of
+    the compute dtype (the given arrays when they already are; absent running
+    statistics are zeros); eps and momentum are floats, ddof an int, train a bool.
+    Each value is first tested for what the usual call passes (exact types, in
+    range), so that call costs a few identity tests; any other value is converted,
+    or refused with a message that names it.
     """
-    shape = _usual_arrays(x, gamma, beta, bn_param)
-    if shape is not None:
-        N, D = shape
-        mode = bn_param.get("mode")
-        eps = bn_param.get("eps", DEFAULT_EPS)
-        momentum = bn_param.get("momentum", DEFAULT_MOMENTUM)
-        ddof = bn_param.get("ddof", 0)
-        train = type(mode) is str and mode == "train"
-        if ((train or (type(mode) is str and mode == "test"))
-                and type(momentum) is float and 0.0 <= momentum <= 1.0
-                and _usual_eps_ddof(eps, ddof, N if train else 2)):  # test mode: any ddof
-            dtype = x.dtype
-            running_mean = bn_param.get("running_mean", _ABSENT)
-            running_var = bn_param.get("running_var", _ABSENT)
-            if running_mean is _ABSENT:
-                running_mean = np.zeros(D, dtype)
-            if running_var is _ABSENT:
-                running_var = np.zeros(D, dtype)
-            if (type(running_mean) is _ndarray and type(running_var) is _ndarray
-                    and running_mean.dtype is dtype and running_var.dtype is dtype
-                    and running_mean.shape == (D,) and running_var.shape == (D,)
-                    and running_mean.flags.c_contiguous and running_var.flags.c_contiguous):
-                return x, gamma, beta, eps, ddof, train, momentum, running_mean, running_var
-    return batchnorm_call(x, gamma, beta, bn_param)
+    if type(bn_param) is not dict:
+        _param_dict(bn_param, "bn_param")
+    get = bn_param.get
+    mode, eps, momentum, ddof = get("mode"), get("eps", DEFAULT_EPS), get("momentum", DEFAULT_MOMENTUM), get("ddof", 0)
+    if not (type(mode) is str and (mode == "train" or mode == "test")):
+        mode = _mode(bn_param)
+    if not (type(eps) is float and 0.0 <= eps < _INF):
+        eps = _real_param(bn_param, "bn_param", "eps", DEFAULT_EPS, math.inf)
+    if not (type(momentum) is float and 0.0 <= momentum <= 1.0):
+        momentum = _real_param(bn_param, "bn_param", "momentum", DEFAULT_MOMENTUM, 1.0)
+    if not (type(ddof) is int and (ddof == 0 or ddof == 1)):
+        ddof = _ddof(bn_param, "bn_param")
+    x, gamma, beta = _features_last(x, gamma, beta, False)
+    dtype, d_shape = x.dtype, gamma.shape
+    running_mean, running_var = get("running_mean"), get("running_var")
+    if not (type(running_mean) is _ndarray and running_mean.dtype is dtype and running_mean.shape == d_shape
+            and running_mean.flags.c_contiguous):
+        running_mean = _running(bn_param, "running_mean", x)
+    if not (type(running_var) is _ndarray and running_var.dtype is dtype and running_var.shape == d_shape
+            and running_var.flags.c_contiguous):
+        running_var = _running(bn_param, "running_var", x)
+    train = mode == "train"
+    if train and x.shape[0] <= ddof:
+        raise ValueError(f"train mode with ddof={ddof} needs more than {ddof} row(s), got x of shape {x.shape}")
+    return x, gamma, beta, eps, ddof, train, momentum, running_mean, running_var
 
 
 def layernorm_args(x, gamma, beta, ln_param) -> tuple:
-    """(x, gamma, beta, eps, ddof) of layernorm_call, accepting the usual call
-    (_usual_arrays; ln_param with a float eps, an int ddof below D) quickly."""
-    shape = _usual_arrays(x, gamma, beta, ln_param)
-    if shape is not None:
-        eps = ln_param.get("eps", DEFAULT_EPS)
-        ddof = ln_param.get("ddof", 0)
-        if _usual_eps_ddof(eps, ddof, shape[1]):
-            return x, gamma, beta, eps, ddof
-    return layernorm_call(x, gamma, beta, ln_param)[:5]
-
-
-def write_running_stats(bn_param: dict, running_mean: np.ndarray, running_var: np.ndarray) -> None:
-    bn_param["running_mean"] = running_mean
-    bn_param["running_var"] = running_var
+    """The checked arguments of a layer-norm forward over the last axis, (x, gamma, beta,
+    eps, ddof): x (..., D) of any rank >= 2 and gamma, beta (D,) as batchnorm_args gives them."""
+    if type(ln_param) is not dict:
+        _param_dict(ln_param, "ln_param")
+    eps, ddof = ln_param.get("eps", DEFAULT_EPS), ln_param.get("ddof", 0)
+    if not (type(eps) is float and 0.0 <= eps < _INF):
+        eps = _real_param(ln_param, "ln_param", "eps", DEFAULT_EPS, math.inf)
+    if not (type(ddof) is int and (ddof == 0 or ddof == 1)):
+        ddof = _ddof(ln_param, "ln_param")
+    x, gamma, beta = _features_last(x, gamma, beta, True)
+    if x.shape[-1] <= ddof:
+        raise ValueError(f"ddof={ddof} needs more than {ddof} feature(s), got x of shape {x.shape}")
+    return x, gamma, beta, eps, ddof
 
 
 def check_dout(dout, x_shape, cache_dtype) -> tuple[np.ndarray, np.dtype]:

@@ -32,7 +32,8 @@ class ReferenceCache(dict):
 
 def _graph_forward(x, gamma, beta, eps, ddof, axis):
     """The notebook's graph: mu, xmu, sq, var, sqrtvar, ivar, xhat, out.
-    axis 0 normalizes features over rows (batch norm), axis 1 rows over features."""
+    axis 0 normalizes features over rows (batch norm), axis -1 rows over features
+    (layer norm, x of any rank >= 2)."""
     n = x.shape[axis]
     mu = x.mean(axis=axis, keepdims=True)
     xmu = x - mu
@@ -49,24 +50,24 @@ def _graph_forward(x, gamma, beta, eps, ddof, axis):
 
 def batchnorm_forward(x, gamma, beta, bn_param):
     """Batch normalization forward in NumPy; see fastnorm.batchnorm_forward."""
-    call = _validate.batchnorm_call(x, gamma, beta, bn_param)
-    x, gamma, beta = call.x, call.gamma, call.beta
-    if call.train:
-        out, nodes = _graph_forward(x, gamma, beta, call.eps, call.ddof, axis=0)
-        m = call.momentum
-        running_mean = m * call.running_mean + (1 - m) * nodes["mu"][0]
-        running_var = m * call.running_var + (1 - m) * nodes["var"][0]
+    x, gamma, beta, eps, ddof, train, m, running_mean, running_var = _validate.batchnorm_args(
+        x, gamma, beta, bn_param)
+    if train:
+        out, nodes = _graph_forward(x, gamma, beta, eps, ddof, axis=0)
+        running_mean = m * running_mean + (1 - m) * nodes["mu"][0]
+        running_var = m * running_var + (1 - m) * nodes["var"][0]
     else:
-        running_mean, running_var = call.running_mean.copy(), call.running_var.copy()
+        running_mean, running_var = running_mean.copy(), running_var.copy()
         mu = running_mean[None, :]
-        sqrtvar = np.sqrt(running_var[None, :] + call.eps)
+        sqrtvar = np.sqrt(running_var[None, :] + eps)
         ivar = 1.0 / sqrtvar
         xmu = x - mu
         xhat = xmu * ivar
         out = gamma * xhat + beta
         nodes = dict(x=x, gamma=gamma, mu=mu, xmu=xmu, var=running_var[None, :], sqrtvar=sqrtvar,
-                     ivar=ivar, xhat=xhat, eps=call.eps, ddof=call.ddof, axis=0, batch_stats=False)
-    _validate.write_running_stats(bn_param, running_mean.astype(x.dtype), running_var.astype(x.dtype))
+                     ivar=ivar, xhat=xhat, eps=eps, ddof=ddof, axis=0, batch_stats=False)
+    bn_param["running_mean"] = running_mean.astype(x.dtype)
+    bn_param["running_var"] = running_var.astype(x.dtype)
     return out, ReferenceCache("batchnorm", **nodes)
 
 
@@ -84,8 +85,9 @@ def _graph_backward(dout, c):
     """Backprop through each node of the forward graph, summing the branches."""
     axis, xmu, ivar, sqrtvar = c["axis"], c["xmu"], c["ivar"], c["sqrtvar"]
     n = dout.shape[axis]
-    dbeta = dout.sum(axis=0)  # gamma and beta are per feature in both norms
-    dgamma = (dout * c["xhat"]).sum(axis=0)
+    features = tuple(range(dout.ndim - 1))  # gamma and beta are per feature in both norms
+    dbeta = dout.sum(axis=features)
+    dgamma = (dout * c["xhat"]).sum(axis=features)
     dxhat = dout * c["gamma"]
     if not c["batch_stats"]:  # test mode: mu and var are constants
         return dxhat * ivar, dgamma, dbeta
@@ -104,8 +106,9 @@ def _graph_backward(dout, c):
 def _simplified_backward(dout, c):
     """dx = gamma*ivar * (dout - mean(dout) - xhat * sum(dout*xhat)/(n - ddof)) along the axis."""
     axis, xhat, ivar = c["axis"], c["xhat"], c["ivar"]
-    dbeta = dout.sum(axis=0)
-    dgamma = (dout * xhat).sum(axis=0)
+    features = tuple(range(dout.ndim - 1))
+    dbeta = dout.sum(axis=features)
+    dgamma = (dout * xhat).sum(axis=features)
     g = dout * c["gamma"]
     if not c["batch_stats"]:
         return g * ivar, dgamma, dbeta
@@ -128,13 +131,13 @@ def batchnorm_backward_alt(dout, cache):
 
 def layernorm_forward(x, gamma, beta, ln_param):
     """Layer normalization forward in NumPy; see fastnorm.layernorm_forward."""
-    call = _validate.layernorm_call(x, gamma, beta, ln_param)
-    out, nodes = _graph_forward(call.x, call.gamma, call.beta, call.eps, call.ddof, axis=1)
+    x, gamma, beta, eps, ddof = _validate.layernorm_args(x, gamma, beta, ln_param)
+    out, nodes = _graph_forward(x, gamma, beta, eps, ddof, axis=-1)
     return out, ReferenceCache("layernorm", **nodes)
 
 
 def layernorm_backward(dout, cache):
-    """Layer normalization backward (simplified form, along rows)."""
+    """Layer normalization backward (simplified form, along the last axis)."""
     return _simplified_backward(_checked(dout, cache, "layernorm"), cache)
 
 
