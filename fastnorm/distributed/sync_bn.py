@@ -126,13 +126,9 @@ def _kernel_view(x: np.ndarray) -> tuple[np.ndarray, bool, bool]:
 
 def _check(x, gamma, beta, bn_param) -> _Call:
     bn_param = _validate._param_dict(bn_param, "bn_param")
-    if "mode" not in bn_param:
-        raise ValueError("bn_param['mode'] is required: 'train' or 'test'")
-    mode = bn_param["mode"]
-    if not isinstance(mode, str) or mode not in _validate.MODES:
-        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
-    eps = _validate._real_scalar(bn_param, "bn_param", "eps", _validate.DEFAULT_EPS, 0.0, np.inf)
-    momentum = _validate._real_scalar(bn_param, "bn_param", "momentum", _validate.DEFAULT_MOMENTUM, 0.0, 1.0)
+    mode = _validate._mode(bn_param)
+    eps = _validate._real_param(bn_param, "bn_param", "eps", _validate.DEFAULT_EPS, np.inf)
+    momentum = _validate._real_param(bn_param, "bn_param", "momentum", _validate.DEFAULT_MOMENTUM, 1.0)
     ddof = _validate._ddof(bn_param, "bn_param")
     x = _validate.as_real_array("x", x)
     gamma = _validate.as_real_array("gamma", gamma)
@@ -145,20 +141,12 @@ def _check(x, gamma, beta, bn_param) -> _Call:
         if arr.shape != (C,):
             raise ValueError(f"{name} must have shape ({C},) for x of shape {x.shape}, got {arr.shape}")
     dtype = _validate.compute_dtype(x, gamma, beta)
-    running = []
-    for key in ("running_mean", "running_var"):
-        if key in bn_param:
-            arr = _validate.as_real_array(f"bn_param['{key}']", bn_param[key])
-            if arr.shape != (C,):
-                raise ValueError(f"bn_param['{key}'] must have shape ({C},) for x of shape "
-                                 f"{x.shape}, got {arr.shape}")
-            running.append(_validate.as_contiguous(arr, dtype))
-        else:
-            running.append(np.zeros(C, dtype))
-    view, planes, channels_last = _kernel_view(x.astype(dtype, order="K", copy=False))
+    x = x.astype(dtype, order="K", copy=False)  # keeps channels-last memory channels-last
+    running_mean, running_var = (_validate._running(bn_param, key, x) for key in ("running_mean", "running_var"))
+    view, planes, channels_last = _kernel_view(x)
     return _Call(view, planes, x.shape, channels_last, _validate.as_contiguous(gamma, dtype),
                  _validate.as_contiguous(beta, dtype), eps, ddof, mode == "train", momentum,
-                 running[0], running[1])
+                 running_mean, running_var)
 
 
 def _header(call: _Call | None, error: Exception | None) -> np.ndarray:
