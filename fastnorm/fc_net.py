@@ -18,6 +18,7 @@ checks of a plain contiguous float array are a few identity tests).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -56,6 +57,15 @@ class FullyConnectedNet:
         without it, masks come from NumPy's global generator.
     kernels : "fast" (the compiled kernels) or "reference" (fastnorm.reference's NumPy
         forward and simplified backward, batchnorm_backward_alt), same results to round-off.
+    comm : an mpi4py communicator for data-parallel training (needs ``fastnorm[mpi]``;
+        see ``Solver(..., comm=comm)``), or None. With it, X and y of a train-mode
+        loss call are this rank's shard of the global batch (rows in rank order,
+        possibly none): batch norm uses the global batch's statistics
+        (fastnorm.distributed), dropout keeps this shard's rows of the global batch's
+        masks, and loss and grads are this shard's terms of the global batch's
+        (the data term summed over the shard over the global batch size, the L2 term
+        on rank 0 only), which sum over the ranks to those of one process. Test mode
+        (y=None) is local. Every rank must make the same train-mode calls.
 
     Initialisation, layer by layer in order: W = weight_scale * np.random.randn(in, out)
     from NumPy's global generator, b zeros, gamma ones, beta zeros, all cast to dtype.
@@ -64,9 +74,11 @@ class FullyConnectedNet:
     statistics for batch norm); ``dropout_param`` the dropout settings.
     """
 
+    comm = None  # what a model pickled before the attribute existed reads
+
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
                  normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32, seed=None,
-                 kernels="fast"):
+                 kernels="fast", comm=None):
         hidden = [_positive_int(f"hidden_dims[{i}]", h) for i, h in enumerate(self._as_list(hidden_dims))]
         self.input_dim = _positive_int("input_dim", input_dim)
         self.num_classes = _positive_int("num_classes", num_classes)
@@ -84,11 +96,17 @@ class FullyConnectedNet:
         if not float_dtype:
             raise TypeError(f"dtype must be float32 or float64, got {getattr(dtype, '__name__', repr(dtype))}")
         dtype = np.dtype(dtype)
+        if comm is not None:
+            from .distributed import training  # an ImportError saying how to install mpi4py
+            training.check_comm(comm)
+            if kernels != "fast":
+                raise ValueError("comm needs kernels='fast': synchronized batch norm runs on the compiled kernels")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
 
         self.normalization = normalization
         self.kernels = kernels
+        self.comm = comm
         self.use_dropout = keep != 1
         self.num_layers = len(hidden) + 1
         self.dtype = dtype
@@ -122,6 +140,9 @@ class FullyConnectedNet:
 
     def _norm_functions(self):
         """(forward, backward) of the configured normalization and kernels."""
+        if self.comm is not None and self.normalization == "batchnorm":
+            from .distributed import sync_bn
+            return functools.partial(sync_bn.sync_batchnorm_forward, comm=self.comm), sync_bn.sync_batchnorm_backward
         module = normalization if self.kernels == "fast" else reference
         if self.normalization == "batchnorm":
             return module.batchnorm_forward, module.batchnorm_backward_alt
@@ -131,7 +152,7 @@ class FullyConnectedNet:
         """X as an (N, ...) array of self.dtype with input_dim values per sample; y checked labels.
         The only check of X and y in a loss call: the layers after it trust their inputs."""
         X = as_real_array("X", X)
-        if X.ndim < 2 or X.shape[0] == 0:
+        if X.ndim < 2 or (X.shape[0] == 0 and self.comm is None):  # a shard may be empty
             raise ValueError(f"X must be (N, d_1, ..., d_k) with N >= 1, got shape {X.shape}")
         row = math.prod(X.shape[1:])
         if row != self.input_dim:
@@ -159,20 +180,25 @@ class FullyConnectedNet:
         if "seed" in drop:
             drop["rng"] = np.random.default_rng(drop.pop("seed"))
 
-        scores, caches = self._forward(X, drop)
+        rows = None
+        if self.comm is not None and y is not None:
+            from .distributed import training
+            rows = training.shard_rows(self.comm, X.shape[0])  # (start, total)
+        scores, caches = self._forward(X, drop, rows)
         if y is None:
             return scores
-        loss, dscores = layers._softmax_loss(scores, y)
+        loss, dscores = layers._softmax_loss(scores, y, None if rows is None else rows[1])
         grads = self._backward(dscores, caches)
-        if self.reg:  # reg 0 adds nothing (and 0 * inf would make a NaN of an overflow)
+        add_reg = self.reg and (rows is None or self.comm.Get_rank() == 0)  # the L2 term once
+        if add_reg:  # reg 0 adds nothing (and 0 * inf would make a NaN of an overflow)
             for i in range(1, self.num_layers + 1):
                 W = self.params[f"W{i}"]
                 loss += 0.5 * self.reg * float(np.sum(W * W))
                 grads[f"W{i}"] += self.reg * W
         return loss, grads
 
-    def _forward(self, X, drop):
-        """Scores (N, C) and the per-layer caches."""
+    def _forward(self, X, drop, rows=None):
+        """Scores (N, C) and the per-layer caches; rows: see layers._dropout."""
         norm_forward = self._norm_functions()[0] if self.normalization else None
         caches = []
         h = X
@@ -184,7 +210,7 @@ class FullyConnectedNet:
                                          self.bn_params[i - 1])
             h, c_relu = layers._relu(h)
             if self.use_dropout:
-                h, c_drop = layers._dropout(h, drop["mode"], drop["p"], drop)
+                h, c_drop = layers._dropout(h, drop["mode"], drop["p"], drop, rows)
             caches.append((c_aff, c_norm, c_relu, c_drop))
         L = self.num_layers
         scores, c_last = layers._affine(h, self.params[f"W{L}"], self.params[f"b{L}"])
@@ -206,6 +232,11 @@ class FullyConnectedNet:
                 dh, grads[f"gamma{i}"], grads[f"beta{i}"] = norm_backward(dh, c_norm)
             dh, grads[f"W{i}"], grads[f"b{i}"] = layers._affine_grads(dh, c_aff)
         return grads
+
+    def __getstate__(self):
+        # a communicator cannot be pickled (checkpoints): Solver.from_checkpoint(..., comm=)
+        # attaches one to the loaded model
+        return {**self.__dict__, "comm": None}
 
     def __repr__(self):
         hidden = [self.params[f"W{i}"].shape[1] for i in range(1, self.num_layers)]

@@ -180,11 +180,18 @@ def dropout_forward(x, dropout_param):
     return _dropout(as_real_array("x", x), mode, p, dropout_param)
 
 
-def _dropout(x, mode, p, dropout_param):
+def _dropout(x, mode, p, dropout_param, rows=None):
+    """rows=(start, total): x is rows start.. of a batch of `total` rows (a data-parallel
+    shard); the whole batch's draws are made and x's rows kept, as in one process."""
     if mode == "test" or p == 1:
         return x.copy(), (dropout_param, None)
     dtype = x.dtype if x.dtype.kind == "f" else np.float64
-    mask = ((_uniform(x.shape, dropout_param) < p) / p).astype(dtype, copy=False)
+    if rows is None:
+        uniform = _uniform(x.shape, dropout_param)
+    else:
+        start, total = rows
+        uniform = _uniform((total, *x.shape[1:]), dropout_param)[start:start + x.shape[0]]
+    mask = ((uniform < p) / p).astype(dtype, copy=False)
     return x * mask, (dropout_param, mask)
 
 
@@ -232,7 +239,8 @@ def softmax_loss(x, y):
     return _softmax_loss(x, check_labels(y, *x.shape))
 
 
-def _softmax_loss(x, y):
+def _softmax_loss(x, y, count=None):
+    """count: the rows the mean is over, when x holds a shard of them (data-parallel)."""
     N = x.shape[0]
     shifted = x - x.max(axis=1, keepdims=True)
     Z = np.exp(shifted).sum(axis=1, keepdims=True)
@@ -243,10 +251,11 @@ def _softmax_loss(x, y):
     # log-softmax form, which stays finite
     fine = correct > 0
     log_correct = np.where(fine, np.log(np.where(fine, correct, 1)), shifted[rows, y] - np.log(Z[:, 0]))
-    loss = -log_correct.sum() / N
+    over = N if count is None else count
+    loss = -log_correct.sum() / over
     dx = probs
     dx[rows, y] -= 1
-    dx /= N
+    dx /= over
     return float(loss), dx
 
 

@@ -17,6 +17,16 @@ checkpoint_name None, print_every 10, verbose True. One more: progress (None):
 a tqdm bar over iterations, shown when True, or when None, verbose and stderr is
 a terminal. Unknown keywords are a ValueError (as in the notebook's Solver).
 
+Data-parallel (``comm``, an mpi4py communicator; the model built with the same
+one, ``FullyConnectedNet(..., comm=comm)``; see docs/distributed.md): every rank
+holds the data; rank 0's parameters and generator state are broadcast, so every
+rank draws the same minibatch and takes its contiguous part (np.array_split
+order); the shards' loss and gradient terms are all-reduced and every rank
+applies the same update: P ranks train as one process would on the same
+minibatches, to round-off. Accuracy checks split the samples among the ranks.
+Rank 0 alone prints, draws the bar and writes checkpoints; ``from_checkpoint(path,
+data, comm=comm)`` and ``restore`` read the file on rank 0.
+
 Each iteration samples a minibatch with ``np.random.choice`` (NumPy's global
 generator). Accuracies are checked on the first and last iteration and at each
 epoch end; the parameters with the best validation accuracy are put back into
@@ -77,6 +87,7 @@ _DEFAULTS = {
     "print_every": 10,
     "verbose": True,
     "progress": None,
+    "comm": None,
 }
 def _int_at_least(name, value, low, allow_none=False):
     if value is None and allow_none:
@@ -135,6 +146,11 @@ class Solver:
         X_train, y_train = _check_split(data, "train", model)
         X_val, y_val = _check_split(data, "val", model)
         # everything checked: only now is anything stored
+        self._dp = None
+        if kwargs.get("comm") is not None:
+            from .distributed.training import DataParallel
+            self._dp = DataParallel(kwargs["comm"], model)
+            self._dp.broadcast_model(model)
         self.model = model
         self.X_train, self.y_train, self.X_val, self.y_val = X_train, y_train, X_val, y_val
         self._reset()
@@ -207,7 +223,10 @@ class Solver:
         saved_norm_params = [dict(p) if isinstance(p, dict) else p for p in norm_params]
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
-                loss, grads = self.model.loss(self.X_train[batch_mask], self.y_train[batch_mask])
+                if self._dp is None:
+                    loss, grads = self.model.loss(self.X_train[batch_mask], self.y_train[batch_mask])
+                else:  # this rank's shard; the global batch's loss and gradients on every rank
+                    loss, grads = self._dp.loss(self.model, self.X_train, self.y_train, batch_mask)
                 missing = [p for p in self.model.params if p not in grads]
                 if missing:
                     raise KeyError(f"the model's loss returned no gradient for {', '.join(missing)}")
@@ -281,6 +300,8 @@ class Solver:
         if num_samples is not None and N > num_samples:
             mask = np.random.choice(N, num_samples)
             N, X, y = num_samples, X[mask], y[mask]
+        if self._dp is not None:  # each rank its contiguous part, the counts summed
+            return self._dp.count_correct(self._predict, X, y, batch_size) / N
         num_batches = N // batch_size + (N % batch_size != 0)
         y_pred = []
         for i in range(num_batches):
@@ -289,15 +310,21 @@ class Solver:
             y_pred.append(np.argmax(scores, axis=1))
         return float(np.mean(np.concatenate(y_pred) == y))
 
+    def _predict(self, X):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.argmax(self.model.loss(X), axis=1)
+
     def _progress_bar(self):
         show = self.progress
-        if show is None:
+        if self._dp is not None and not self._dp.is_root:
+            show = False  # rank 0 alone prints and draws
+        elif show is None:
             show = self.verbose and sys.stderr is not None and sys.stderr.isatty()
         return tqdm(total=self.num_iterations, initial=self.iteration, disable=not show,
                     desc="training", unit="it", leave=False, file=sys.stderr)
 
     def _say(self, bar, line):
-        if self.verbose:
+        if self.verbose and (self._dp is None or self._dp.is_root):
             if bar.disable:
                 print(line)
             else:
@@ -306,10 +333,15 @@ class Solver:
     def train(self):
         """Run the remaining iterations, then put the best-validation parameters into the model."""
         if self.checkpoint_name is not None:
-            check_writable(self)
+            if self._dp is None:
+                check_writable(self)
+            else:
+                self._dp.on_root(lambda: check_writable(self))
         if self._pending_rng_state is not None:
             np.random.set_state(self._pending_rng_state)
             self._pending_rng_state = None
+        if self._dp is not None:
+            self._dp.broadcast_rng()
         num_iterations = self.num_iterations
         with self._progress_bar() as bar:
             for t in range(self.iteration, num_iterations):
@@ -348,7 +380,7 @@ class Solver:
 
     def _save_checkpoint(self):
         if self.checkpoint_name is not None:
-            self.last_checkpoint = write(self)
+            self.last_checkpoint = write(self) if self._dp is None else self._dp.on_root(lambda: write(self))
 
     latest_checkpoint = staticmethod(latest)
     load_checkpoint = staticmethod(read)
@@ -356,7 +388,13 @@ class Solver:
     @classmethod
     def from_checkpoint(cls, path, data, **kwargs):
         """A Solver with the model, settings and state saved at `path`; keywords override settings."""
-        state = read(path)
+        comm = kwargs.get("comm")
+        if comm is None:
+            state = read(path)
+        else:  # rank 0 reads; the model on the file has no communicator
+            from .distributed.training import on_root
+            state = on_root(comm, lambda: read(path))
+            state["model"].comm = comm
         settings = {k: state[k] for k in SETTINGS}
         settings["update_rule"] = state["update_rule"]
         settings.update(kwargs)
@@ -367,4 +405,6 @@ class Solver:
     def restore(self, checkpoint):
         """Load a checkpoint (a path or the dict of load_checkpoint) into this solver and
         its model, which must match the saved one (see fastnorm.checkpoint.restore_into)."""
+        if self._dp is not None and not isinstance(checkpoint, dict):
+            checkpoint = self._dp.on_root(lambda: read(checkpoint))
         restore_into(self, checkpoint)

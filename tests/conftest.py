@@ -27,3 +27,7 @@ def rel_error(x, y):
 @pytest.fixture
 def rng():
     return np.random.default_rng(231)
+
+
+# tests/mpi runs under mpiexec, from .ci/run: `mpiexec -n 3 python -m pytest tests/mpi`
+collect_ignore = ["mpi"]
