@@ -6,6 +6,8 @@
                                    case, float32 and float64, 1 and 2 threads, with a Markdown table
     fastnorm bench --convnet       one training step of fastnorm's ConvNet: compiled kernels,
                                    NumPy reference and torch eager, each normalization
+    fastnorm bench --train-step    one training step of the notebook's model (5x100, batch
+                                   norm, Adam): fastnorm against its NumPy kernels and torch eager
     fastnorm bench --quick         fewer, shorter samples
     fastnorm bench --nd            the N-D normalizations (spatial batch norm NCHW and channels-last,
                                    group norm, layer and RMS norm on (..., D)) against NumPy and
@@ -117,6 +119,8 @@ def add_parser(subparsers) -> None:
                         help=f"folder for the table, JSON and PNG (default {DEFAULT_OUT}/)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (there is none either when stderr is not a terminal)")
+    parser.add_argument("--train-step", action="store_true",
+                        help="time one training step of the notebook's model instead of the kernels")
     parser.add_argument("--check", action="store_true", help="exit with 1 when a target is missed")
     parser.set_defaults(func=run)
 
@@ -207,6 +211,8 @@ def run(args) -> int:
     started = time.perf_counter()
     if args.nd:
         return _run_nd(args, started)
+    if args.train_step:
+        return _run_train_step(args, started)
     result = measure(args)
     paths = report.write_all(result, args.out)
     print(report.text_report(result))
@@ -264,3 +270,29 @@ def _run_nd(args, started: float) -> int:
     print(f"\nwrote nd.txt, nd.md, nd.json to {args.out} in {time.perf_counter() - started:.0f} s")
     behind = any(c.speedup("torch") is not None and c.speedup("torch") < 1.0 for c in cells)
     return 1 if args.check and behind else 0
+def _run_train_step(args, started: float) -> int:
+    """`fastnorm bench --train-step`: the table on screen, and train-step.{txt,md,json} in --out."""
+    import json
+
+    from . import machine, torch_anchor, train_step
+    from .report import format_table
+
+    settings = _settings(args)
+    with_torch = settings["torch"] and torch_anchor.available()
+    threads = args.threads or [1, 2]
+    rows = train_step.measure(train_step.cases(threads=threads, dtypes=settings["dtypes"]),
+                              settings["repeat"], settings["min_time_s"], args.clock, with_torch,
+                              settings["budget_s"])
+    info = machine.describe(torch_anchor.version() if with_torch else None, machine.load_average())
+    headers, body = train_step.table(rows)
+    title = f"fastnorm train step: {machine.one_line(info)}; median of interleaved runs, 'vs X' = X's time / fastnorm's"
+    verdict = train_step.summary(rows)
+    text = "\n".join([title, "", format_table(headers, body), "", verdict])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train-step.txt").write_text(text + "\n")
+    (args.out / "train-step.md").write_text("\n".join([title, "", format_table(headers, body, markdown=True),
+                                                       "", verdict]) + "\n")
+    (args.out / "train-step.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1) + "\n")
+    print(text)
+    print(f"\nwrote {args.out / 'train-step.txt'}, .md, .json in {time.perf_counter() - started:.0f} s")
+    return 1 if args.check and verdict.startswith("[MISS]") else 0

