@@ -20,7 +20,8 @@ from fastnorm import distributed as dist
 from fastnorm.gradient_check import eval_numerical_gradient_array
 
 SELF = MPI.COMM_SELF
-ROOT = Path(__file__).resolve().parents[1]
+# the folder holding the fastnorm under test (an installed copy, or the source tree with an in-place build)
+ROOT = Path(fn.__file__).resolve().parents[1]
 
 
 def _data(shape, dtype=np.float64, seed=3):
@@ -220,7 +221,7 @@ def test_the_distributed_benchmark_prints_its_table(capsys):
     assert all(line.startswith("| sync BN") or line.startswith("| train step") for line in lines[2:])
 
 
-DOCS = ROOT / "docs" / "distributed.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
 DOC_BLOCKS = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S) if DOCS.is_file() else []
 
 
