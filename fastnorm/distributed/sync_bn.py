@@ -30,7 +30,6 @@ from mpi4py import MPI
 from .. import _validate
 from .._build import by_dtype, load_kernels
 from .._threads import get_num_threads
-from . import _stand_in
 
 _kernels = load_kernels()
 
@@ -48,7 +47,7 @@ _PLANES = _Blocks(_kernels.plane_moments, _kernels.plane_grad_sums, _kernels.pla
 _BN_FORWARD = by_dtype(_kernels.batchnorm_forward)
 
 
-_COLUMNS = _Blocks(_stand_in.column_moments, _stand_in.column_grad_sums, _stand_in.column_dx)
+_COLUMNS = _Blocks(_kernels.column_moments, _kernels.column_grad_sums, _kernels.column_dx)
 
 __all__ = ["sync_batchnorm_forward", "sync_batchnorm_backward", "SyncBatchNormCache"]
 
