@@ -83,6 +83,7 @@ def _choice_list(choices):
 
 
 def add_parser(subparsers) -> None:
+    from .nd import OPS as ND_OPS
     from .suite import DTYPES, OPS
 
     parser = subparsers.add_parser(
@@ -109,8 +110,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--shapes", type=_shape_list, metavar="NxD[,NxD...]", help="replace the shapes")
     parser.add_argument("--dtypes", type=_choice_list(DTYPES), metavar="DTYPE[,...]",
                         help=f"subset of {','.join(DTYPES)}")
-    parser.add_argument("--ops", type=_choice_list(OPS), metavar="OP[,...]",
-                        help=f"subset of {','.join(OPS)}")
+    parser.add_argument("--ops", type=_choice_list(OPS + tuple(op for op in ND_OPS if op not in OPS)),
+                        metavar="OP[,...]",
+                        help=f"subset of {','.join(OPS)}; with --nd of {','.join(ND_OPS)}")
     parser.add_argument("--clock", choices=("auto", "wall"), default="auto",
                         help="auto (default): the process's CPU time for 1-thread cells, steady on a "
                              "shared machine, wall time for more threads; wall: wall time everywhere")
@@ -211,6 +213,10 @@ def run(args) -> int:
     started = time.perf_counter()
     if args.nd:
         return _run_nd(args, started)
+    from .suite import OPS
+    if args.ops and not set(args.ops) <= set(OPS):
+        print(f"fastnorm bench: --ops {','.join(sorted(set(args.ops) - set(OPS)))} needs --nd", file=sys.stderr)
+        return 2
     if args.train_step:
         return _run_train_step(args, started)
     result = measure(args)
@@ -256,7 +262,7 @@ def _run_nd(args, started: float) -> int:
     min_time = args.min_time if args.min_time is not None else QUICK_MIN_TIME_MS if args.quick else MIN_TIME_MS
     threads = args.threads or ([1, 2] if args.vs_torch else [1])
     dtypes = [d for d in (args.dtypes or nd.DTYPES) if d in nd.DTYPES]
-    cells = nd.run(nd.cases(args.quick, dtypes), threads, args.repeat or (QUICK_REPEAT if args.quick else REPEAT),
+    cells = nd.run(nd.cases(args.quick, dtypes, args.ops or nd.OPS), threads, args.repeat or (QUICK_REPEAT if args.quick else REPEAT),
                    min_time / 1e3, budget or None, with_torch, with_numpy=not args.vs_torch, clock_mode=args.clock)
     text, markdown = nd.report(cells), nd.report(cells, markdown=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,8 @@ class NdCase:
         return (2 if self.forward else 3) * math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
-def cases(quick: bool = False, dtypes=DTYPES) -> list[NdCase]:
+def cases(quick: bool = False, dtypes=DTYPES, ops=OPS) -> list[NdCase]:
+    """The cells of `--nd`, restricted to the given dtypes and ops (`--dtypes`, `--ops`)."""
     conv = QUICK_CONV_SHAPES if quick else CONV_SHAPES
     seq = QUICK_SEQ_SHAPES if quick else SEQ_SHAPES
     out = []
@@ -68,7 +69,7 @@ def cases(quick: bool = False, dtypes=DTYPES) -> list[NdCase]:
             out += [NdCase("gn_fwd", shape, dtype), NdCase("gn_bwd", shape, dtype)]
         for shape in seq:
             out += [NdCase(op, shape, dtype) for op in ("ln_fwd", "ln_bwd", "rms_fwd", "rms_bwd")]
-    return out
+    return [case for case in out if case.op in ops]
 
 
 def _in_layout(a: np.ndarray, layout: str) -> np.ndarray:

@@ -52,3 +52,30 @@ def test_bench_contenders_agree(case):
     result = nd._torch(case, inputs)()
     t = result[0] if isinstance(result, (tuple, list)) else result
     np.testing.assert_allclose(ours, t.detach().numpy().reshape(ours.shape), rtol=1e-8, atol=1e-8)
+
+
+def test_bench_cases_keep_the_ops_asked_for():
+    cases = nd.cases(quick=True, dtypes=("float32",), ops=("gn_fwd", "sbn_bwd"))
+    assert {c.op for c in cases} == {"gn_fwd", "sbn_bwd"}
+    assert {c.layout for c in cases if c.op == "sbn_bwd"} == {nd.NCHW, nd.CHANNELS_LAST}
+    assert all(c.dtype == "float32" for c in cases)
+
+
+def test_nd_command_runs_only_the_ops_asked_for(tmp_path):
+    import json
+
+    from fastnorm.cli import main
+
+    args = ["bench", "--nd", "--quick", "--repeat", "3", "--min-time", "0", "--budget", "1", "--no-torch",
+            "--threads", "1", "--dtypes", "float64", "--ops", "gn_fwd,rms_bwd", "--out", str(tmp_path)]
+    assert main(args) == 0
+    cells = json.loads((tmp_path / "nd.json").read_text())
+    assert sorted(c["op"] for c in cells) == ["gn_fwd", "rms_bwd"]
+
+
+def test_an_nd_op_without_nd_is_refused(tmp_path, capsys):
+    from fastnorm.cli import main
+
+    assert main(["bench", "--ops", "gn_fwd", "--quick", "--out", str(tmp_path)]) == 2
+    assert "needs --nd" in capsys.readouterr().err
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
