@@ -102,9 +102,10 @@ def affine_backward(dout, cache):
     return _affine_grads(dout, cache)
 
 
-def _affine_grads(dout, cache):
+def _affine_grads(dout, cache, input_grad=True):
+    """affine_backward on trusted arrays; dx is None without input_grad (a net's inputs need none)."""
     x, w, _ = cache
-    dx = (dout @ w.T).reshape(x.shape)
+    dx = (dout @ w.T).reshape(x.shape) if input_grad else None
     dw = x.reshape(x.shape[0], w.shape[0]).T @ dout
     db = dout.sum(axis=0)
     return dx, dw, db
