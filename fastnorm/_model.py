@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import layers
+from . import layers, normalization, reference
+from ._validate import real_in_range
 
 
 def positive_int(name, value) -> int:
@@ -37,6 +38,20 @@ def float_dtype(dtype) -> np.dtype:
     if not ok:
         raise TypeError(f"dtype must be float32 or float64, got {getattr(dtype, '__name__', repr(dtype))}")
     return np.dtype(dtype)
+
+
+KERNELS = ("fast", "reference")
+
+
+def hidden_norm_functions(norm, kernels: str):
+    """(forward, backward) of norm "batchnorm" or "layernorm" on (N, D), on the compiled
+    kernels ("fast") or fastnorm.reference; (None, None) for norm None."""
+    if norm is None:
+        return None, None
+    module = normalization if kernels == "fast" else reference
+    if norm == "batchnorm":
+        return module.batchnorm_forward, module.batchnorm_backward_alt
+    return module.layernorm_forward, module.layernorm_backward
 
 
 class Run(NamedTuple):
@@ -77,6 +92,21 @@ class LayerStack:
                 loss += 0.5 * self.reg * float(np.sum(W * W))
                 grads[f"W{i}"] += self.reg * W
         return loss, grads
+
+    def _check_settings(self, kernels, reg, weight_scale, dtype) -> float:
+        """The settings both models take, checked in this order; sets reg and dtype,
+        returns the weight scale."""
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        self.reg = real_in_range("reg", reg, 0.0)
+        weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
+        self.dtype = float_dtype(dtype)
+        return weight_scale
+
+    def _add_norm_params(self, params, i: int, shape) -> None:
+        """gamma_i ones and beta_i zeros of `shape`, in the model's dtype."""
+        params[f"gamma{i}"] = np.ones(shape, dtype=self.dtype)
+        params[f"beta{i}"] = np.zeros(shape, dtype=self.dtype)
 
     def _run(self, mode, n_rows) -> Run:
         return Run()

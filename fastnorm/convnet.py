@@ -20,12 +20,11 @@ import numbers
 
 import numpy as np
 
-from . import conv_layers, layers, normalization, reference
-from ._model import LayerStack, float_dtype, positive_int
-from ._validate import as_real_array, real_in_range
+from . import conv_layers, layers
+from ._model import KERNELS, LayerStack, hidden_norm_functions, positive_int
+from ._validate import as_real_array
 from .conv_layers import CONV_NORMS, norm_functions
 
-KERNELS = ("fast", "reference")
 HIDDEN_NORM = {"spatial_batchnorm": "batchnorm", "groupnorm": "layernorm"}  # of the hidden affine layer
 POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
 
@@ -99,11 +98,7 @@ class ConvNet(LayerStack):
                                  f"has {bad}")
         elif G is not None:
             raise ValueError(f"G applies only to normalization='groupnorm', got normalization={normalization!r}")
-        if kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-        self.reg = real_in_range("reg", reg, 0.0)
-        weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
-        self.dtype = float_dtype(dtype)
+        weight_scale = self._check_settings(kernels, reg, weight_scale, dtype)
         if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)
                                  or not 0 <= seed < 2**32):
             raise ValueError(f"seed must be None or an integer in [0, 2**32), got {seed!r}")
@@ -141,20 +136,14 @@ class ConvNet(LayerStack):
             if self.normalization and i <= S + 1:
                 width = shape[0] if i <= S else shape[1]
                 norm_shape = (1, width, 1, 1) if self.normalization == "groupnorm" and i <= S else (width,)
-                params[f"gamma{i}"] = np.ones(norm_shape, dtype=self.dtype)
-                params[f"beta{i}"] = np.zeros(norm_shape, dtype=self.dtype)
+                self._add_norm_params(params, i, norm_shape)
         return params
 
     # ------------------------------------------------------------ helpers
 
     def _hidden_norm(self):
         """(forward, backward) of the hidden affine layer's norm, or (None, None)."""
-        if not self.normalization:
-            return None, None
-        module = normalization if self.kernels == "fast" else reference
-        if HIDDEN_NORM[self.normalization] == "batchnorm":
-            return module.batchnorm_forward, module.batchnorm_backward_alt
-        return module.layernorm_forward, module.layernorm_backward
+        return hidden_norm_functions(HIDDEN_NORM.get(self.normalization), self.kernels)
 
     def check_inputs(self, X, y=None):
         """X as an (N, C, H, W) array of self.dtype; y checked labels."""

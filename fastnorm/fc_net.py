@@ -25,12 +25,11 @@ import numbers
 
 import numpy as np
 
-from . import layers, normalization, reference
-from ._model import LayerStack, Run, float_dtype, positive_int
+from . import layers
+from ._model import KERNELS, LayerStack, Run, hidden_norm_functions, positive_int
 from ._validate import as_real_array, real_in_range
 
 NORMALIZATIONS = (None, "batchnorm", "layernorm")
-KERNELS = ("fast", "reference")
 
 __all__ = ["FullyConnectedNet", "NORMALIZATIONS", "KERNELS"]
 
@@ -81,11 +80,7 @@ class FullyConnectedNet(LayerStack):
         keep = real_in_range("dropout_keep_ratio", dropout_keep_ratio, 0.0, 1.0, low_open=True)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        if kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-        self.reg = real_in_range("reg", reg, 0.0)
-        weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
-        dtype = float_dtype(dtype)
+        weight_scale = self._check_settings(kernels, reg, weight_scale, dtype)
         if comm is not None:
             from .distributed import training  # an ImportError saying how to install mpi4py
             training.check_comm(comm)
@@ -99,7 +94,6 @@ class FullyConnectedNet(LayerStack):
         self.comm = comm
         self.use_dropout = keep != 1
         self.num_layers = len(hidden) + 1
-        self.dtype = dtype
         self.seed = seed
         self.params = self._init_params([self.input_dim, *hidden, self.num_classes], weight_scale)
         self.dropout_param = {"mode": "train", "p": keep} if self.use_dropout else {}
@@ -122,23 +116,17 @@ class FullyConnectedNet(LayerStack):
             params[f"W{i}"] = (weight_scale * np.random.randn(fan_in, fan_out)).astype(self.dtype)
             params[f"b{i}"] = np.zeros(fan_out, dtype=self.dtype)
             if self.normalization and i < len(dims) - 1:
-                params[f"gamma{i}"] = np.ones(fan_out, dtype=self.dtype)
-                params[f"beta{i}"] = np.zeros(fan_out, dtype=self.dtype)
+                self._add_norm_params(params, i, fan_out)
         return params
 
     # ------------------------------------------------------------ helpers
 
     def _hidden_norm(self):
         """(forward, backward) of the configured normalization and kernels, or (None, None)."""
-        if not self.normalization:
-            return None, None
         if self.comm is not None and self.normalization == "batchnorm":
             from .distributed import sync_bn
             return functools.partial(sync_bn.sync_batchnorm_forward, comm=self.comm), sync_bn.sync_batchnorm_backward
-        module = normalization if self.kernels == "fast" else reference
-        if self.normalization == "batchnorm":
-            return module.batchnorm_forward, module.batchnorm_backward_alt
-        return module.layernorm_forward, module.layernorm_backward
+        return hidden_norm_functions(self.normalization, self.kernels)
 
     def check_inputs(self, X, y=None):
         """X as an (N, ...) array of self.dtype with input_dim values per sample; y checked labels.

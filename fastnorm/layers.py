@@ -88,7 +88,11 @@ def affine_forward(x, w, b):
 
 
 def _affine(x, w, b):
-    out = x.reshape(x.shape[0], w.shape[0]) @ w + b  # not -1: NumPy cannot infer it for N = 0
+    out = x.reshape(x.shape[0], w.shape[0]) @ w  # not -1: NumPy cannot infer it for N = 0
+    if out.dtype == np.result_type(out, b):
+        out += b  # in place: one array fewer per layer
+    else:
+        out = out + b
     return out, (x, w, b)
 
 

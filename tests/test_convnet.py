@@ -7,7 +7,7 @@ import fastnorm as fn
 from fastnorm import ConvNet, Solver
 from fastnorm.gradient_check import eval_numerical_gradient
 
-from conftest import rel_error
+from conftest import assert_loss_checks_once, rel_error
 
 NORMS = [None, "spatial_batchnorm", "groupnorm"]
 
@@ -206,27 +206,7 @@ def test_loss_checks_x_and_y_once(normalization, monkeypatch):
 
     model = small_net(normalization)
     X, y = batch()
-    expected = model.loss(X, y)
-    calls = []
-
-    def counted_check(name, value):
-        calls.append(name)
-        return convnet_check(name, value)
-
-    def counted_labels(*args, **kwargs):
-        calls.append("labels")
-        return labels_check(*args, **kwargs)
-
-    convnet_check, labels_check = convnet.as_real_array, layers.check_labels
-    monkeypatch.setattr(convnet, "as_real_array", counted_check)
-    monkeypatch.setattr(layers, "check_labels", counted_labels)
-    for module in (layers, conv_layers):
-        monkeypatch.setattr(module, "as_real_array", lambda *a: pytest.fail("a layer re-checked an array"))
-    loss, grads = model.loss(X, y)
-    assert calls == ["X", "labels"]
-    assert loss == expected[0]
-    assert sorted(grads) == sorted(expected[1]) == sorted(model.params)
-    assert all(np.array_equal(grads[k], expected[1][k]) for k in grads)
+    assert_loss_checks_once(model, X, y, convnet, [layers, conv_layers], monkeypatch)
     with pytest.raises(pytest.fail.Exception, match="re-checked"):
         conv_layers.conv_forward(X, model.params["W1"], model.params["b1"], model.conv_param)
 
