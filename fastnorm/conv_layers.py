@@ -14,6 +14,8 @@ pooling takes the maximum over one strided view of x per window offset.
 Outputs are C-contiguous and keep the inputs' floating dtype. The sandwiches'
 norm is None, "spatial_batchnorm" (gamma, beta (C,)) or "groupnorm" (gamma,
 beta (1, C, 1, 1), G groups); kernels="reference" runs them on fastnorm.reference.
+Each public function checks, then calls an unchecked twin (``_conv``, ``_max_pool``,
+``_sandwich`` and their gradients), which ConvNet calls on the arrays it made.
 """
 
 from __future__ import annotations

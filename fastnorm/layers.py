@@ -15,8 +15,8 @@ The normalization functions are the compiled ones of ``fastnorm``;
 
 Each public function checks its arguments, then calls a private twin that only
 computes (``_affine``, ``_relu``, ``_dropout``, ``_softmax_loss`` and their
-gradients); FullyConnectedNet checks X and y once per loss call and calls the
-twins on the arrays it made itself.
+gradients); the models (fastnorm._model.LayerStack) check X and y once per loss
+call and call the twins on the arrays they made themselves.
 """
 
 from __future__ import annotations
