@@ -13,7 +13,7 @@ from ._build import load_kernels as _load_kernels
 
 _load_kernels()  # an ImportError that says how to build, never a NumPy fall-back
 
-from . import gradient_check, reference  # noqa: E402
+from . import _validate, _validate_nd, gradient_check, reference  # noqa: E402
 from ._threads import get_num_threads, num_threads, openmp_enabled, set_num_threads  # noqa: E402
 from .normalization import (  # noqa: E402
     batchnorm_backward,
@@ -38,17 +38,8 @@ from .solver import Solver  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "batchnorm_forward",
-    "batchnorm_backward",
-    "batchnorm_backward_alt",
-    "layernorm_forward",
-    "layernorm_backward",
-    "spatial_batchnorm_forward",
-    "spatial_batchnorm_backward",
-    "spatial_groupnorm_forward",
-    "spatial_groupnorm_backward",
-    "rmsnorm_forward",
-    "rmsnorm_backward",
+    *_validate.OPS,
+    *_validate_nd.OPS,
     "reference",
     "gradient_check",
     "openmp_enabled",

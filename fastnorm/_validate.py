@@ -14,6 +14,10 @@ import numpy as np
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.9
 MODES = ("train", "test")
+# the 2-D API these checks serve, by name: fastnorm's, fastnorm.normalization's and
+# fastnorm.reference's export lists are made from it
+OPS = ("batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt", "layernorm_forward",
+       "layernorm_backward")
 
 _INF = math.inf
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, floating

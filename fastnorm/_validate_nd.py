@@ -16,6 +16,9 @@ import numpy as np
 from ._validate import DEFAULT_EPS, MODES, as_contiguous, as_real_array, compute_dtype, real_in_range
 
 DEFAULT_MOMENTUM = 0.9  # batchnorm_forward's
+# the N-D API these checks serve (see _validate.OPS)
+OPS = ("spatial_batchnorm_forward", "spatial_batchnorm_backward", "spatial_groupnorm_forward",
+       "spatial_groupnorm_backward", "rmsnorm_forward", "rmsnorm_backward")
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _ndarray = np.ndarray
@@ -66,18 +69,17 @@ def _shaped(name: str, value, shape: tuple, what: str, x_shape: tuple) -> np.nda
 
 
 # ------------------------------------------------------------- spatial batch norm
-class SpatialBatchNormCall(NamedTuple):
-    """x (N, C, H, W) in the compute dtype, its layout as given; the rest C-contiguous (C,)."""
+# the checked settings of a batch norm call, after its x: gamma, beta and the running
+# statistics C-contiguous (C,) in the compute dtype (also fastnorm.distributed's call)
+BATCHNORM_SETTINGS = [("gamma", np.ndarray), ("beta", np.ndarray), ("eps", float), ("ddof", int),
+                      ("train", bool), ("momentum", float), ("running_mean", np.ndarray),
+                      ("running_var", np.ndarray)]
 
-    x: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    eps: float
-    ddof: int
-    train: bool
-    momentum: float
-    running_mean: np.ndarray
-    running_var: np.ndarray
+
+class SpatialBatchNormCall(NamedTuple("SpatialBatchNormCall", [("x", np.ndarray), *BATCHNORM_SETTINGS])):
+    """x (N, C, H, W) in the compute dtype, its layout as given; then BATCHNORM_SETTINGS."""
+
+    __slots__ = ()
 
 
 def _spatial_batchnorm_full(x, gamma, beta, bn_param) -> SpatialBatchNormCall:

@@ -142,6 +142,7 @@ def _architecture(model) -> dict:
     dropout = getattr(model, "dropout_param", None) or {}
     return {
         "normalization": getattr(model, "normalization", None),
+        "G": getattr(model, "G", None),  # group norm's groups: same shapes for any G dividing C
         "dtype": getattr(model, "dtype", None),
         "dropout keep ratio": dropout.get("p", 1),
     }
@@ -151,7 +152,7 @@ def restore_into(solver, checkpoint) -> None:
     """Put a checkpoint (a path or a loaded dict) into `solver` and its model.
 
     The model must match the saved one in parameter names and shapes,
-    normalization, dtype and dropout keep ratio: equal widths alone do not make
+    normalization (and group norm's G), dtype and dropout keep ratio: equal widths alone do not make
     the same model. NumPy's global generator is set to the saved state when
     train() next starts, so the run continues as if never interrupted.
     """
@@ -166,7 +167,7 @@ def restore_into(solver, checkpoint) -> None:
     for key in mine:
         if mine[key] != theirs[key]:
             raise ValueError(f"the checkpoint's model has {key} {theirs[key]!r}, "
-                             f"this model has {mine[key]!r}")
+                             f"this model has {key} {mine[key]!r}")
     if saved is not model:
         model.params = {k: v.copy() for k, v in saved.params.items()}
         for attr in ("bn_params", "dropout_param"):

@@ -14,6 +14,8 @@ pooling takes the maximum over one strided view of x per window offset.
 Outputs are C-contiguous and keep the inputs' floating dtype. The sandwiches'
 norm is None, "spatial_batchnorm" (gamma, beta (C,)) or "groupnorm" (gamma,
 beta (1, C, 1, 1), G groups); kernels="reference" runs them on fastnorm.reference.
+Each public function checks, then calls an unchecked twin (``_conv``, ``_max_pool``,
+``_sandwich`` and their gradients), which ConvNet calls on the arrays it made.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._validate import as_real_array, compute_dtype
-from .layers import relu_backward, relu_forward
+from .layers import _relu, _relu_grad
 
 __all__ = [
     "conv_forward",
@@ -136,9 +138,15 @@ def conv_forward(x, w, b, conv_param):
     divisible by the stride. Returns out (N, F, Ho, Wo) with Ho = 1 + (H + 2*pad - HH) / stride,
     and the cache (im2col matrix, w, shapes).
     """
-    x, w, b, s, pad, Ho, Wo = _conv_call(x, w, b, conv_param)
+    x, w, b, s, pad, _, _ = _conv_call(x, w, b, conv_param)
+    return _conv(x, w, b, s, pad)
+
+
+def _conv(x, w, b, s, pad):
+    """conv_forward on checked arrays of one dtype and a (stride, pad) that tiles x."""
     N, C, H, W = x.shape
     F, _, HH, WW = w.shape
+    Ho, Wo = (H + 2 * pad - HH) // s + 1, (W + 2 * pad - WW) // s + 1
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
     # im2col with the taps first and (N, Ho, Wo) last: each copy reads rows of x
     cols = np.empty((C, HH, WW, N, Ho, Wo), dtype=x.dtype)
@@ -154,16 +162,22 @@ def conv_forward(x, w, b, conv_param):
 
 def conv_backward(dout, cache):
     """dout (N, F, Ho, Wo) -> dx (N, C, H, W), dw (F, C, HH, WW), db (F,)."""
-    return _conv_grads(dout, cache, input_grad=True)
-
-
-def _conv_grads(dout, cache, input_grad: bool):
-    """conv_backward; dx is None without input_grad (a net's first layer needs none)."""
     _check_cache(cache, ConvCache, "conv_forward")
+    return _conv_grads(_check_dout(dout, _conv_out_shape(cache)), cache)
+
+
+def _conv_out_shape(cache: ConvCache) -> tuple:
+    (N, _, H, W), (F, _, HH, WW), s, pad = cache.x_shape, cache.w.shape, cache.stride, cache.pad
+    return N, F, (H + 2 * pad - HH) // s + 1, (W + 2 * pad - WW) // s + 1
+
+
+def _conv_grads(dout, cache, input_grad: bool = True):
+    """conv_backward on a dout of the output's shape; dx is None without input_grad
+    (a net's first layer needs none)."""
     cols, w, (N, C, H, W), s, pad = cache
     F, _, HH, WW = w.shape
-    Ho, Wo = (H + 2 * pad - HH) // s + 1, (W + 2 * pad - WW) // s + 1
-    dout = _check_dout(dout, (N, F, Ho, Wo)).astype(cols.dtype, copy=False)
+    _, _, Ho, Wo = _conv_out_shape(cache)
+    dout = dout.astype(cols.dtype, copy=False)
     d2 = dout.transpose(1, 0, 2, 3).reshape(F, N * Ho * Wo)
     db = d2.sum(axis=1)
     dw = (d2 @ cols.T).reshape(w.shape)
@@ -189,20 +203,26 @@ class PoolCache(NamedTuple):
     pool: tuple           # (pool_height, pool_width, stride)
 
 
-def _pool_call(x, pool_param):
-    x = _as_images("x", x)
-    if x.size == 0:
-        raise ValueError(f"max pool needs a non-empty x, got shape {x.shape}")
+def _pool_geometry(x_shape: tuple, pool_param) -> tuple:
+    """(pool_height, pool_width, stride) of a pool_param whose windows tile x of x_shape."""
     pool_param = _param_dict(pool_param, "pool_param")
     ph = _param_int(pool_param, "pool_param", "pool_height", 1)
     pw = _param_int(pool_param, "pool_param", "pool_width", 1)
     s = _param_int(pool_param, "pool_param", "stride", 1)
-    shapes = f"x {x.shape}, pool {ph}x{pw}, stride {s}"
-    Ho = _windows(x.shape[2], ph, s, "max pool height (H, pool_height)", shapes)
-    Wo = _windows(x.shape[3], pw, s, "max pool width (W, pool_width)", shapes)
+    shapes = f"x {tuple(x_shape)}, pool {ph}x{pw}, stride {s}"
+    _windows(x_shape[2], ph, s, "max pool height (H, pool_height)", shapes)
+    _windows(x_shape[3], pw, s, "max pool width (W, pool_width)", shapes)
+    return ph, pw, s
+
+
+def _pool_call(x, pool_param):
+    x = _as_images("x", x)
+    if x.size == 0:
+        raise ValueError(f"max pool needs a non-empty x, got shape {x.shape}")
+    ph, pw, s = _pool_geometry(x.shape, pool_param)
     if x.dtype.kind != "f":
         x = x.astype(compute_dtype(x))
-    return x, ph, pw, s, Ho, Wo
+    return x, ph, pw, s
 
 
 def max_pool_forward(x, pool_param):
@@ -212,7 +232,12 @@ def max_pool_forward(x, pool_param):
     ((H - pool_height) divisible by the stride). Returns out (N, C, Ho, Wo) and the cache
     (each window's argmax). Of tied maxima the first in row-major order gets the gradient.
     """
-    x, ph, pw, s, Ho, Wo = _pool_call(x, pool_param)
+    return _max_pool(*_pool_call(x, pool_param))
+
+
+def _max_pool(x, ph, pw, s):
+    """max_pool_forward on a float x that the (ph, pw, s) windows tile."""
+    Ho, Wo = (x.shape[2] - ph) // s + 1, (x.shape[3] - pw) // s + 1
     # one strided view per window offset: no copy of x, for any window and stride
     views = [x[(slice(None), slice(None), *_tap(*divmod(k, pw), s, Ho, Wo))] for k in range(ph * pw)]
     out = views[0].copy()
@@ -230,9 +255,13 @@ def max_pool_forward(x, pool_param):
 def max_pool_backward(dout, cache):
     """dout (N, C, Ho, Wo) -> dx (N, C, H, W): each window's gradient goes to its argmax."""
     _check_cache(cache, PoolCache, "max_pool_forward")
+    return _max_pool_grad(_check_dout(dout, cache.argmax.shape), cache)
+
+
+def _max_pool_grad(dout, cache):
+    """max_pool_backward on a dout of the output's shape."""
     argmax, (N, C, H, W), dtype, (ph, pw, s) = cache
     Ho, Wo = argmax.shape[2:]
-    dout = _check_dout(dout, argmax.shape)
     dtype = np.result_type(dout.dtype, dtype)
     zero = np.zeros((), dtype)
     if s == ph == pw and H == Ho * ph and W == Wo * pw:
@@ -291,32 +320,49 @@ def _check_sandwich(norm, gamma, beta, norm_param, G, kernels):
 
 def _sandwich_forward(x, w, b, conv_param, pool_param, norm, gamma, beta, norm_param, G, kernels):
     _check_sandwich(norm, gamma, beta, norm_param, G, kernels)
-    h, c_conv = conv_forward(x, w, b, conv_param)
+    x, w, b, s, pad, Ho, Wo = _conv_call(x, w, b, conv_param)
+    pool = None if pool_param is None else _pool_geometry((x.shape[0], w.shape[0], Ho, Wo), pool_param)
+    stage_norm = None if norm is None else (*norm_functions(norm, kernels), gamma, beta, norm_param, G)
+    return _sandwich(x, w, b, s, pad, pool, stage_norm)
+
+
+def _sandwich(x, w, b, stride, pad, pool, norm):
+    """Either sandwich on checked arguments: pool (pool_height, pool_width, stride) or None;
+    norm None or (forward, backward, gamma, beta, norm_param, G), G None but for group norm."""
+    h, c_conv = _conv(x, w, b, stride, pad)
     c_norm = backward = None
     if norm is not None:
-        forward, backward = norm_functions(norm, kernels)
-        if norm == "groupnorm":
-            h, c_norm = forward(h, gamma, beta, G, norm_param)
-        else:
+        forward, backward, gamma, beta, norm_param, G = norm
+        if G is None:
             h, c_norm = forward(h, gamma, beta, norm_param)
+        else:
+            h, c_norm = forward(h, gamma, beta, G, norm_param)
     # max commutes with relu: pooling first gives the same values and gradients
     # from a relu on a quarter (for 2x2 pools) of the values
     c_pool = None
-    if pool_param is not None:
-        h, c_pool = max_pool_forward(h, pool_param)
-    h, c_relu = relu_forward(h)
+    if pool is not None:
+        h, c_pool = _max_pool(h, *pool)
+    h, c_relu = _relu(h)
     return h, SandwichCache(c_conv, c_norm, c_relu, c_pool, backward)
 
 
 def sandwich_backward(dout, cache, forward_name: str, input_grad: bool = True):
     """The backward of either sandwich (named by its forward); dx is None without input_grad."""
     _check_cache(cache, SandwichCache, forward_name)
-    c_conv, c_norm, c_relu, c_pool, backward = cache
-    if (c_pool is None) != (forward_name == "conv_norm_relu_forward"):
+    if (cache.pool is None) != (forward_name == "conv_norm_relu_forward"):
         raise TypeError(f"cache must be the one returned by {forward_name}, got the other sandwich's")
-    dh = relu_backward(dout, c_relu)
+    if not isinstance(cache.relu, np.ndarray):
+        raise TypeError(f"cache must be the one returned by {forward_name}, its relu part is "
+                        f"{type(cache.relu).__name__}")
+    return _sandwich_grads(_check_dout(dout, cache.relu.shape), cache, input_grad)
+
+
+def _sandwich_grads(dout, cache, input_grad: bool = True):
+    """sandwich_backward on a dout of the output's shape: (dx, dw, db, dgamma, dbeta)."""
+    c_conv, c_norm, c_relu, c_pool, backward = cache
+    dh = _relu_grad(dout, c_relu)
     if c_pool is not None:
-        dh = max_pool_backward(dh, c_pool)
+        dh = _max_pool_grad(dh, c_pool)
     dgamma = dbeta = None
     if backward is not None:
         dh, dgamma, dbeta = backward(dh, c_norm)

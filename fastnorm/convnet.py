@@ -7,6 +7,10 @@
 Architecture: {conv - [spatial batch norm | group norm] - relu - 2x2 max pool} per
 entry of num_filters (stride-1 convolutions padded to keep H and W), then
 affine - [batch norm | layer norm] - relu, then affine - softmax.
+
+``loss`` is fastnorm._model.LayerStack's, as FullyConnectedNet's: X and y are
+checked once, then the conv stages (the unchecked twins of the sandwiches in
+fastnorm.conv_layers), the hidden layer and the head run on the model's own arrays.
 """
 
 from __future__ import annotations
@@ -16,27 +20,21 @@ import numbers
 
 import numpy as np
 
-from . import layers, normalization, reference
-from ._validate import as_real_array, real_in_range
-from .conv_layers import CONV_NORMS, conv_norm_relu_pool_forward, sandwich_backward
+from . import conv_layers, layers
+from ._model import KERNELS, LayerStack, hidden_norm_functions, positive_int
+from ._validate import as_real_array
+from .conv_layers import CONV_NORMS, norm_functions
 
-KERNELS = ("fast", "reference")
 HIDDEN_NORM = {"spatial_batchnorm": "batchnorm", "groupnorm": "layernorm"}  # of the hidden affine layer
 POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
 
 __all__ = ["ConvNet"]
 
 
-def _positive_int(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _int_tuple(name, value, length=None):
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
-    values = tuple(_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    values = tuple(positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
     if length is not None and len(values) != length:
         raise ValueError(f"{name} must have {length} entries, got {len(values)}: {values}")
     if not values:
@@ -44,17 +42,7 @@ def _int_tuple(name, value, length=None):
     return values
 
 
-def _float_dtype(dtype) -> np.dtype:
-    try:  # np.dtype(None) is float64, np.dtype("banana") a message without the argument
-        ok = dtype is not None and np.dtype(dtype) in (np.float32, np.float64)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise TypeError(f"dtype must be float32 or float64, got {getattr(dtype, '__name__', repr(dtype))}")
-    return np.dtype(dtype)
-
-
-class ConvNet:
+class ConvNet(LayerStack):
     """[conv - norm - relu - 2x2 max pool] x S - affine - norm - relu - affine - softmax.
 
     Parameters
@@ -92,29 +80,25 @@ class ConvNet:
         if isinstance(num_filters, numbers.Integral) and not isinstance(num_filters, (bool, np.bool_)):
             num_filters = (num_filters,)
         self.num_filters = _int_tuple("num_filters", num_filters)
-        self.filter_size = _positive_int("filter_size", filter_size)
+        self.filter_size = positive_int("filter_size", filter_size)
         if self.filter_size % 2 == 0:
             raise ValueError(f"filter_size must be odd, so that a stride-1 convolution keeps H and W; "
                              f"got {self.filter_size}")
-        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
-        self.num_classes = _positive_int("num_classes", num_classes)
+        self.hidden_dim = positive_int("hidden_dim", hidden_dim)
+        self.num_classes = positive_int("num_classes", num_classes)
         if normalization not in CONV_NORMS:
             raise ValueError(f"normalization must be one of {CONV_NORMS}, got {normalization!r}")
         if normalization == "groupnorm":
             if G is None:
                 raise ValueError("normalization='groupnorm' needs G, the number of groups")
-            G = _positive_int("G", G)
+            G = positive_int("G", G)
             bad = [f for f in self.num_filters if f % G]
             if bad:
                 raise ValueError(f"G={G} must divide every filter count; num_filters {list(self.num_filters)} "
                                  f"has {bad}")
         elif G is not None:
             raise ValueError(f"G applies only to normalization='groupnorm', got normalization={normalization!r}")
-        if kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-        self.reg = real_in_range("reg", reg, 0.0)
-        weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
-        self.dtype = _float_dtype(dtype)
+        weight_scale = self._check_settings(kernels, reg, weight_scale, dtype)
         if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)
                                  or not 0 <= seed < 2**32):
             raise ValueError(f"seed must be None or an integer in [0, 2**32), got {seed!r}")
@@ -152,20 +136,14 @@ class ConvNet:
             if self.normalization and i <= S + 1:
                 width = shape[0] if i <= S else shape[1]
                 norm_shape = (1, width, 1, 1) if self.normalization == "groupnorm" and i <= S else (width,)
-                params[f"gamma{i}"] = np.ones(norm_shape, dtype=self.dtype)
-                params[f"beta{i}"] = np.zeros(norm_shape, dtype=self.dtype)
+                self._add_norm_params(params, i, norm_shape)
         return params
 
     # ------------------------------------------------------------ helpers
 
     def _hidden_norm(self):
         """(forward, backward) of the hidden affine layer's norm, or (None, None)."""
-        if not self.normalization:
-            return None, None
-        module = normalization if self.kernels == "fast" else reference
-        if HIDDEN_NORM[self.normalization] == "batchnorm":
-            return module.batchnorm_forward, module.batchnorm_backward_alt
-        return module.layernorm_forward, module.layernorm_backward
+        return hidden_norm_functions(HIDDEN_NORM.get(self.normalization), self.kernels)
 
     def check_inputs(self, X, y=None):
         """X as an (N, C, H, W) array of self.dtype; y checked labels."""
@@ -182,73 +160,30 @@ class ConvNet:
             y = layers.check_labels(y, X.shape[0], self.num_classes)
         return X.astype(self.dtype, copy=False), y
 
-    def _stage_norm(self, i):
-        """The sandwich keywords of stage i (1-based)."""
-        if not self.normalization:
-            return {"kernels": self.kernels}
-        return {"norm": self.normalization, "gamma": self.params[f"gamma{i}"], "beta": self.params[f"beta{i}"],
-                "norm_param": self.bn_params[i - 1], "G": self.G, "kernels": self.kernels}
+    # ------------------------------------------------------------ the conv stages
 
-    # ------------------------------------------------------------ loss
+    @property
+    def _stem_layers(self):
+        return self.num_stages
 
-    def loss(self, X, y=None):
-        """Scores (N, num_classes) when y is None (test mode); else (loss, grads) in train mode.
-
-        grads[k] has the shape and dtype of params[k].
-        """
-        X, y = self.check_inputs(X, y)
-        mode = "test" if y is None else "train"
-        for bn_param in self.bn_params:
-            bn_param["mode"] = mode
-        scores, caches = self._forward(X)
-        if y is None:
-            return scores
-        loss, dscores = layers.softmax_loss(scores, y)
-        grads = self._backward(dscores, caches)
-        if self.reg:  # reg 0 adds nothing (and 0 * inf would make a NaN of an overflow)
-            for i in range(1, self.num_layers + 1):
-                W = self.params[f"W{i}"]
-                loss += 0.5 * self.reg * float(np.sum(W * W))
-                grads[f"W{i}"] += self.reg * W
-        return loss, grads
-
-    def _forward(self, X):
-        p, S = self.params, self.num_stages
-        caches = []
-        h = X
-        for i in range(1, S + 1):
-            h, cache = conv_norm_relu_pool_forward(h, p[f"W{i}"], p[f"b{i}"], self.conv_param,
-                                                   self.pool_param, **self._stage_norm(i))
+    def _stem_forward(self, X):
+        p, stride, pad = self.params, self.conv_param["stride"], self.conv_param["pad"]
+        pool = (self.pool_param["pool_height"], self.pool_param["pool_width"], self.pool_param["stride"])
+        stage_norm = norm_functions(self.normalization, self.kernels) if self.normalization else None
+        h, caches = X, []
+        for i in range(1, self.num_stages + 1):
+            norm = None if stage_norm is None else (
+                *stage_norm, p[f"gamma{i}"], p[f"beta{i}"], self.bn_params[i - 1], self.G)
+            h, cache = conv_layers._sandwich(h, p[f"W{i}"], p[f"b{i}"], stride, pad, pool, norm)
             caches.append(cache)
-        i = S + 1
-        h, c_aff = layers.affine_forward(h, p[f"W{i}"], p[f"b{i}"])
-        norm_forward = self._hidden_norm()[0]
-        c_norm = None
-        if norm_forward:
-            h, c_norm = norm_forward(h, p[f"gamma{i}"], p[f"beta{i}"], self.bn_params[i - 1])
-        h, c_relu = layers.relu_forward(h)
-        caches.append((c_aff, c_norm, c_relu))
-        scores, c_last = layers.affine_forward(h, p[f"W{S + 2}"], p[f"b{S + 2}"])
-        caches.append(c_last)
-        return scores, caches
+        return h, caches
 
-    def _backward(self, dscores, caches):
-        """Gradients of every parameter from dscores (N, C), without the L2 term."""
-        S, grads = self.num_stages, {}
-        dh, grads[f"W{S + 2}"], grads[f"b{S + 2}"] = layers.affine_backward(dscores, caches[-1])
-        i = S + 1
-        c_aff, c_norm, c_relu = caches[S]
-        dh = layers.relu_backward(dh, c_relu)
-        norm_backward = self._hidden_norm()[1]
-        if norm_backward:
-            dh, grads[f"gamma{i}"], grads[f"beta{i}"] = norm_backward(dh, c_norm)
-        dh, grads[f"W{i}"], grads[f"b{i}"] = layers.affine_backward(dh, c_aff)
-        for i in range(S, 0, -1):  # no gradient of X
-            dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = sandwich_backward(
-                dh, caches[i - 1], "conv_norm_relu_pool_forward", input_grad=i > 1)
+    def _stem_backward(self, dh, caches, grads):
+        for i in range(self.num_stages, 0, -1):  # no gradient of X
+            dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = conv_layers._sandwich_grads(
+                dh, caches[i - 1], input_grad=i > 1)
             if self.normalization:
                 grads[f"gamma{i}"], grads[f"beta{i}"] = dgamma, dbeta
-        return grads
 
     def __repr__(self):
         G = f", G={self.G}" if self.G is not None else ""

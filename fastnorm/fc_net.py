@@ -10,10 +10,11 @@ affine - softmax, with L = len(hidden_dims) + 1. ``kernels="reference"`` runs
 the same model on the NumPy normalization of ``fastnorm.reference`` instead of
 the compiled kernels, so the two can be timed on identical models.
 
-``loss`` checks X and y once (``check_inputs``); the layers then run through
-their unchecked twins in ``fastnorm.layers``, since every array they see was
-made by the model itself. The normalization calls stay the public ones (their
-checks of a plain contiguous float array are a few identity tests).
+``loss`` (fastnorm._model.LayerStack's, shared with ConvNet) checks X and y once
+(``check_inputs``); the layers then run through their unchecked twins in
+``fastnorm.layers``, since every array they see was made by the model itself.
+The normalization calls stay the public ones (their checks of a plain
+contiguous float array are a few identity tests).
 """
 
 from __future__ import annotations
@@ -24,22 +25,16 @@ import numbers
 
 import numpy as np
 
-from . import layers, normalization, reference
+from . import layers
+from ._model import KERNELS, LayerStack, Run, hidden_norm_functions, positive_int
 from ._validate import as_real_array, real_in_range
 
 NORMALIZATIONS = (None, "batchnorm", "layernorm")
-KERNELS = ("fast", "reference")
 
 __all__ = ["FullyConnectedNet", "NORMALIZATIONS", "KERNELS"]
 
 
-def _positive_int(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-class FullyConnectedNet:
+class FullyConnectedNet(LayerStack):
     """A fully-connected net with optional batch/layer norm and inverted dropout.
 
     Parameters
@@ -79,23 +74,13 @@ class FullyConnectedNet:
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
                  normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32, seed=None,
                  kernels="fast", comm=None):
-        hidden = [_positive_int(f"hidden_dims[{i}]", h) for i, h in enumerate(self._as_list(hidden_dims))]
-        self.input_dim = _positive_int("input_dim", input_dim)
-        self.num_classes = _positive_int("num_classes", num_classes)
+        hidden = [positive_int(f"hidden_dims[{i}]", h) for i, h in enumerate(self._as_list(hidden_dims))]
+        self.input_dim = positive_int("input_dim", input_dim)
+        self.num_classes = positive_int("num_classes", num_classes)
         keep = real_in_range("dropout_keep_ratio", dropout_keep_ratio, 0.0, 1.0, low_open=True)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        if kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-        self.reg = real_in_range("reg", reg, 0.0)
-        weight_scale = real_in_range("weight_scale", weight_scale, 0.0)
-        try:  # np.dtype(None) is float64, np.dtype("banana") a message without the argument
-            float_dtype = dtype is not None and np.dtype(dtype) in (np.float32, np.float64)
-        except TypeError:
-            float_dtype = False
-        if not float_dtype:
-            raise TypeError(f"dtype must be float32 or float64, got {getattr(dtype, '__name__', repr(dtype))}")
-        dtype = np.dtype(dtype)
+        weight_scale = self._check_settings(kernels, reg, weight_scale, dtype)
         if comm is not None:
             from .distributed import training  # an ImportError saying how to install mpi4py
             training.check_comm(comm)
@@ -109,7 +94,6 @@ class FullyConnectedNet:
         self.comm = comm
         self.use_dropout = keep != 1
         self.num_layers = len(hidden) + 1
-        self.dtype = dtype
         self.seed = seed
         self.params = self._init_params([self.input_dim, *hidden, self.num_classes], weight_scale)
         self.dropout_param = {"mode": "train", "p": keep} if self.use_dropout else {}
@@ -132,21 +116,17 @@ class FullyConnectedNet:
             params[f"W{i}"] = (weight_scale * np.random.randn(fan_in, fan_out)).astype(self.dtype)
             params[f"b{i}"] = np.zeros(fan_out, dtype=self.dtype)
             if self.normalization and i < len(dims) - 1:
-                params[f"gamma{i}"] = np.ones(fan_out, dtype=self.dtype)
-                params[f"beta{i}"] = np.zeros(fan_out, dtype=self.dtype)
+                self._add_norm_params(params, i, fan_out)
         return params
 
     # ------------------------------------------------------------ helpers
 
-    def _norm_functions(self):
-        """(forward, backward) of the configured normalization and kernels."""
+    def _hidden_norm(self):
+        """(forward, backward) of the configured normalization and kernels, or (None, None)."""
         if self.comm is not None and self.normalization == "batchnorm":
             from .distributed import sync_bn
             return functools.partial(sync_bn.sync_batchnorm_forward, comm=self.comm), sync_bn.sync_batchnorm_backward
-        module = normalization if self.kernels == "fast" else reference
-        if self.normalization == "batchnorm":
-            return module.batchnorm_forward, module.batchnorm_backward_alt
-        return module.layernorm_forward, module.layernorm_backward
+        return hidden_norm_functions(self.normalization, self.kernels)
 
     def check_inputs(self, X, y=None):
         """X as an (N, ...) array of self.dtype with input_dim values per sample; y checked labels.
@@ -165,73 +145,19 @@ class FullyConnectedNet:
 
     # ------------------------------------------------------------ loss
 
-    def loss(self, X, y=None):
-        """Scores (N, C) when y is None (test mode); else (loss, grads) in train mode.
-
-        grads[k] has the shape and dtype of params[k].
-        """
-        X, y = self.check_inputs(X, y)
-        mode = "test" if y is None else "train"
-        for bn_param in self.bn_params:
-            bn_param["mode"] = mode
+    def _run(self, mode, n_rows):
+        """This call's dropout settings and, with comm in train mode, the shard's rows."""
+        drop = None
         if self.use_dropout:
             self.dropout_param["mode"] = mode
-        drop = dict(self.dropout_param)  # per call: the seeded generator must not persist
-        if "seed" in drop:
-            drop["rng"] = np.random.default_rng(drop.pop("seed"))
-
-        rows = None
-        if self.comm is not None and y is not None:
-            from .distributed import training
-            rows = training.shard_rows(self.comm, X.shape[0])  # (start, total)
-        scores, caches = self._forward(X, drop, rows)
-        if y is None:
-            return scores
-        loss, dscores = layers._softmax_loss(scores, y, None if rows is None else rows[1])
-        grads = self._backward(dscores, caches)
-        add_reg = self.reg and (rows is None or self.comm.Get_rank() == 0)  # the L2 term once
-        if add_reg:  # reg 0 adds nothing (and 0 * inf would make a NaN of an overflow)
-            for i in range(1, self.num_layers + 1):
-                W = self.params[f"W{i}"]
-                loss += 0.5 * self.reg * float(np.sum(W * W))
-                grads[f"W{i}"] += self.reg * W
-        return loss, grads
-
-    def _forward(self, X, drop, rows=None):
-        """Scores (N, C) and the per-layer caches; rows: see layers._dropout."""
-        norm_forward = self._norm_functions()[0] if self.normalization else None
-        caches = []
-        h = X
-        for i in range(1, self.num_layers):
-            h, c_aff = layers._affine(h, self.params[f"W{i}"], self.params[f"b{i}"])
-            c_norm = c_drop = None
-            if norm_forward:
-                h, c_norm = norm_forward(h, self.params[f"gamma{i}"], self.params[f"beta{i}"],
-                                         self.bn_params[i - 1])
-            h, c_relu = layers._relu(h)
-            if self.use_dropout:
-                h, c_drop = layers._dropout(h, drop["mode"], drop["p"], drop, rows)
-            caches.append((c_aff, c_norm, c_relu, c_drop))
-        L = self.num_layers
-        scores, c_last = layers._affine(h, self.params[f"W{L}"], self.params[f"b{L}"])
-        caches.append(c_last)
-        return scores, caches
-
-    def _backward(self, dscores, caches):
-        """Gradients of every parameter from dscores (N, C), without the L2 term."""
-        norm_backward = self._norm_functions()[1] if self.normalization else None
-        grads = {}
-        L = self.num_layers
-        dh, grads[f"W{L}"], grads[f"b{L}"] = layers._affine_grads(dscores, caches[-1])
-        for i in range(L - 1, 0, -1):
-            c_aff, c_norm, c_relu, c_drop = caches[i - 1]
-            if self.use_dropout:
-                dh = layers._dropout_grad(dh, c_drop[1])
-            dh = layers._relu_grad(dh, c_relu)
-            if norm_backward:
-                dh, grads[f"gamma{i}"], grads[f"beta{i}"] = norm_backward(dh, c_norm)
-            dh, grads[f"W{i}"], grads[f"b{i}"] = layers._affine_grads(dh, c_aff)
-        return grads
+            drop = dict(self.dropout_param)  # per call: the seeded generator must not persist
+            if "seed" in drop:
+                drop["rng"] = np.random.default_rng(drop.pop("seed"))
+        if self.comm is None or mode == "test":
+            return Run(drop)
+        from .distributed import training
+        rows = training.shard_rows(self.comm, n_rows)  # (start, total)
+        return Run(drop, rows, adds_reg=self.comm.Get_rank() == 0)  # the L2 term once
 
     def __getstate__(self):
         # a communicator cannot be pickled (checkpoints): Solver.from_checkpoint(..., comm=)

@@ -15,8 +15,8 @@ The normalization functions are the compiled ones of ``fastnorm``;
 
 Each public function checks its arguments, then calls a private twin that only
 computes (``_affine``, ``_relu``, ``_dropout``, ``_softmax_loss`` and their
-gradients); FullyConnectedNet checks X and y once per loss call and calls the
-twins on the arrays it made itself.
+gradients); the models (fastnorm._model.LayerStack) check X and y once per loss
+call and call the twins on the arrays they made themselves.
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ def affine_forward(x, w, b):
 
 
 def _affine(x, w, b):
-    out = x.reshape(x.shape[0], w.shape[0]) @ w + b  # not -1: NumPy cannot infer it for N = 0
+    out = x.reshape(x.shape[0], w.shape[0]) @ w  # not -1: NumPy cannot infer it for N = 0
+    if out.dtype == np.result_type(out, b):
+        out += b  # in place: one array fewer per layer
+    else:
+        out = out + b
     return out, (x, w, b)
 
 
@@ -102,9 +106,10 @@ def affine_backward(dout, cache):
     return _affine_grads(dout, cache)
 
 
-def _affine_grads(dout, cache):
+def _affine_grads(dout, cache, input_grad=True):
+    """affine_backward on trusted arrays; dx is None without input_grad (a net's inputs need none)."""
     x, w, _ = cache
-    dx = (dout @ w.T).reshape(x.shape)
+    dx = (dout @ w.T).reshape(x.shape) if input_grad else None
     dw = x.reshape(x.shape[0], w.shape[0]).T @ dout
     db = dout.sum(axis=0)
     return dx, dw, db

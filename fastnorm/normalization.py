@@ -42,15 +42,7 @@ _LN_FORWARD_F64 = _LN_FORWARD[_F64]
 _BN_BACKWARD_F64 = _BN_BACKWARD[_F64]
 _LN_BACKWARD_F64 = _LN_BACKWARD[_F64]
 
-__all__ = [
-    "BatchNormCache",
-    "LayerNormCache",
-    "batchnorm_forward",
-    "batchnorm_backward",
-    "batchnorm_backward_alt",
-    "layernorm_forward",
-    "layernorm_backward",
-]
+__all__ = ["BatchNormCache", "LayerNormCache", *_validate.OPS]
 
 
 class _NormCache:

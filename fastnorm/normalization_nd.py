@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _validate
+from . import _validate, _validate_nd
 from ._build import by_dtype, load_kernels
 from ._threads import get_num_threads
 from ._validate_nd import rmsnorm_call, spatial_batchnorm_call, spatial_groupnorm_call
@@ -37,17 +37,7 @@ _GN_BACKWARD = by_dtype(_kernels.groupnorm_backward)
 _RMS_FORWARD = by_dtype(_kernels.rmsnorm_forward)
 _RMS_BACKWARD = by_dtype(_kernels.rmsnorm_backward)
 
-__all__ = [
-    "SpatialBatchNormCache",
-    "GroupNormCache",
-    "RMSNormCache",
-    "spatial_batchnorm_forward",
-    "spatial_batchnorm_backward",
-    "spatial_groupnorm_forward",
-    "spatial_groupnorm_backward",
-    "rmsnorm_forward",
-    "rmsnorm_backward",
-]
+__all__ = ["SpatialBatchNormCache", "GroupNormCache", "RMSNormCache", *_validate_nd.OPS]
 
 
 class SpatialBatchNormCache:
@@ -140,6 +130,22 @@ def _stats_ok(arr, n: int) -> bool:
             and arr.flags.c_contiguous)
 
 
+def _check_cached_gamma(cache, n: int) -> None:
+    gamma, dtype = cache.gamma, cache.x.dtype
+    if not (isinstance(gamma, np.ndarray) and gamma.shape == (n,) and gamma.dtype == dtype):
+        raise ValueError(f"cache.gamma must be a {dtype} array of shape ({n},)")
+
+
+def _contiguous_backward_inputs(dout, cache, n: int):
+    """(dout, x, gamma, dtype): the cache's gamma checked to be (n,), then dout, x and
+    gamma C-contiguous in the backward's dtype (NumPy's promotion of dout's and x's)."""
+    _check_cached_gamma(cache, n)
+    x = cache.x
+    dout, dtype = _validate.check_dout(dout, x.shape, x.dtype)
+    return (_validate.as_contiguous(dout, dtype), _validate.as_contiguous(x, dtype),
+            _validate.as_contiguous(cache.gamma, dtype), dtype)
+
+
 def _grads_out(out, count: int, x, dtype, layout, grad_shape, read):
     """dx (x's layout) and the parameter gradients of shape grad_shape: new, or the
     caller's after the checks."""
@@ -196,8 +202,7 @@ def _checked_spatial_bn_cache(cache):
     C = x.shape[1]
     if not (_stats_ok(cache.mean, C) and _stats_ok(cache.inv_std, C)):
         raise ValueError(f"cache.mean and cache.inv_std must be float64 arrays of shape ({C},)")
-    if not (isinstance(cache.gamma, np.ndarray) and cache.gamma.shape == (C,) and cache.gamma.dtype == x.dtype):
-        raise ValueError(f"cache.gamma must be a {x.dtype} array of shape ({C},)")
+    _check_cached_gamma(cache, C)
     if cache.ddof not in (0, 1) or cache.mode not in _validate.MODES:
         raise ValueError("cache.ddof or cache.mode was changed to an invalid value")
     return cache
@@ -253,12 +258,7 @@ def spatial_groupnorm_backward(dout, cache, *, out=None):
     N, C, H, W = x.shape
     if not (_stats_ok(cache.mean, N * G) and _stats_ok(cache.inv_std, N * G)):
         raise ValueError(f"cache.mean and cache.inv_std must be float64 arrays of shape ({N * G},)")
-    if not (isinstance(cache.gamma, np.ndarray) and cache.gamma.shape == (C,) and cache.gamma.dtype == x.dtype):
-        raise ValueError(f"cache.gamma must be a {x.dtype} array of shape ({C},)")
-    dout, dtype = _validate.check_dout(dout, x.shape, x.dtype)
-    dout = _validate.as_contiguous(dout, dtype)
-    xk = _validate.as_contiguous(x, dtype)
-    gamma = _validate.as_contiguous(cache.gamma, dtype)
+    dout, xk, gamma, dtype = _contiguous_backward_inputs(dout, cache, C)
     read = (dout, x, xk, gamma, cache.gamma, cache.mean, cache.inv_std)
     dx, dgamma, dbeta = _grads_out(out, 3, x, dtype, NCHW, (1, C, 1, 1), read)
     sums = np.empty((2, N * C))
@@ -296,12 +296,7 @@ def rmsnorm_backward(dout, cache, *, out=None):
     M = x.size // D
     if not _stats_ok(cache.rstd, M):
         raise ValueError(f"cache.rstd must be a float64 array of shape ({M},)")
-    if not (isinstance(cache.gamma, np.ndarray) and cache.gamma.shape == (D,) and cache.gamma.dtype == x.dtype):
-        raise ValueError(f"cache.gamma must be a {x.dtype} array of shape ({D},)")
-    dout, dtype = _validate.check_dout(dout, x.shape, x.dtype)
-    dout = _validate.as_contiguous(dout, dtype)
-    xk = _validate.as_contiguous(x, dtype)
-    gamma = _validate.as_contiguous(cache.gamma, dtype)
+    dout, xk, gamma, dtype = _contiguous_backward_inputs(dout, cache, D)
     read = (dout, x, xk, gamma, cache.gamma, cache.rstd)
     dx, dgamma = _grads_out(out, 2, x, dtype, NCHW, (D,), read)
     _RMS_BACKWARD[dtype](dout.reshape(M, D), xk.reshape(M, D), cache.rstd, gamma, dx.reshape(M, D), dgamma,

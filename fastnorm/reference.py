@@ -13,13 +13,7 @@ import numpy as np
 
 from . import _validate
 
-__all__ = [
-    "batchnorm_forward",
-    "batchnorm_backward",
-    "batchnorm_backward_alt",
-    "layernorm_forward",
-    "layernorm_backward",
-]
+__all__ = list(_validate.OPS)
 
 
 class ReferenceCache(dict):
@@ -142,14 +136,7 @@ def layernorm_backward(dout, cache):
 
 
 # the N-D normalizations (spatial batch norm, group norm, RMS norm) live in their own file
-from .reference_nd import (  # noqa: E402
-    rmsnorm_backward,
-    rmsnorm_forward,
-    spatial_batchnorm_backward,
-    spatial_batchnorm_forward,
-    spatial_groupnorm_backward,
-    spatial_groupnorm_forward,
-)
+from .reference_nd import *  # noqa: E402,F401,F403  (its __all__: _validate_nd.OPS)
 from . import reference_nd as _reference_nd  # noqa: E402
 
 __all__ += _reference_nd.__all__

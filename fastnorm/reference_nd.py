@@ -14,14 +14,7 @@ import numpy as np
 from . import _validate, _validate_nd
 from .reference import ReferenceCache, batchnorm_backward_alt, batchnorm_forward
 
-__all__ = [
-    "spatial_batchnorm_forward",
-    "spatial_batchnorm_backward",
-    "spatial_groupnorm_forward",
-    "spatial_groupnorm_backward",
-    "rmsnorm_forward",
-    "rmsnorm_backward",
-]
+__all__ = list(_validate_nd.OPS)
 
 
 def _checked(dout, cache, kind: str) -> np.ndarray:

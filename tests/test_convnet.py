@@ -7,7 +7,7 @@ import fastnorm as fn
 from fastnorm import ConvNet, Solver
 from fastnorm.gradient_check import eval_numerical_gradient
 
-from conftest import rel_error
+from conftest import assert_loss_checks_once, rel_error
 
 NORMS = [None, "spatial_batchnorm", "groupnorm"]
 
@@ -197,6 +197,44 @@ def test_exported_from_package():
         assert name in fn.layers.__all__ and callable(getattr(fn.layers, name))
 
 
+@pytest.mark.parametrize("normalization", NORMS)
+def test_loss_checks_x_and_y_once(normalization, monkeypatch):
+    """check_inputs is the only check of X and y in a loss call: the layers the model
+    calls on its own arrays (convolutions, pools, sandwiches, affine, relu, softmax)
+    do not re-check them, and the loss and gradients are those of the checked path."""
+    from fastnorm import conv_layers, convnet, layers
+
+    model = small_net(normalization)
+    X, y = batch()
+    assert_loss_checks_once(model, X, y, convnet, [layers, conv_layers], monkeypatch)
+    with pytest.raises(pytest.fail.Exception, match="re-checked"):
+        conv_layers.conv_forward(X, model.params["W1"], model.params["b1"], model.conv_param)
+
+
+def test_checked_sandwich_matches_the_layers_it_is_made_of():
+    """The public sandwich (checked) gives what conv, norm, pool and relu give in turn."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((3, 2, 6, 6)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    gamma, beta = rng.standard_normal((1, 4, 1, 1)), rng.standard_normal((1, 4, 1, 1))
+    conv, pool = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    out, cache = fn.layers.conv_norm_relu_pool_forward(x, w, b, conv, pool, norm="groupnorm", gamma=gamma,
+                                                        beta=beta, norm_param={}, G=2)
+    h, c_conv = fn.layers.conv_forward(x, w, b, conv)
+    h, c_norm = fn.spatial_groupnorm_forward(h, gamma, beta, 2, {})
+    h, c_relu = fn.layers.relu_forward(h)
+    expected, c_pool = fn.layers.max_pool_forward(h, pool)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=0)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db, dgamma, dbeta = fn.layers.conv_norm_relu_pool_backward(dout, cache)
+    dh = fn.layers.relu_backward(fn.layers.max_pool_backward(dout, c_pool), c_relu)
+    dh, dg, dbt = fn.spatial_groupnorm_backward(dh, c_norm)
+    ex, ew, eb = fn.layers.conv_backward(dh, c_conv)
+    for got, want in ((dx, ex), (dw, ew), (db, eb), (dgamma, dg), (dbeta, dbt)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"dout must have the layer's output shape \(3, 4, 3, 3\)"):
+        fn.layers.conv_norm_relu_pool_backward(dout[:, :, :2], cache)
+
+
 # ---------------------------------------------------------------- training
 
 @pytest.mark.parametrize("normalization", NORMS)
@@ -231,6 +269,20 @@ def test_checkpoint_resume_is_bit_for_bit(digits, tmp_path):
         np.testing.assert_array_equal(resumed.model.params[name], full.model.params[name])
     for p_full, p_res in zip(full.model.bn_params, resumed.model.bn_params):
         np.testing.assert_array_equal(p_full["running_mean"], p_res["running_mean"])
+
+
+def test_checkpoint_of_other_groups_is_refused(digits, tmp_path):
+    """Group norm's G changes no parameter shape: the architecture check compares it."""
+    data = {k: v[:100] for k, v in digits.items()}
+
+    def solver(G, **kwargs):
+        model = ConvNet(input_dim=(1, 8, 8), num_filters=4, hidden_dim=8, normalization="groupnorm", G=G)
+        return Solver(model, data, num_epochs=1, batch_size=50, verbose=False, **kwargs)
+
+    solver(2, checkpoint_name=str(tmp_path / "g2")).train()
+    with pytest.raises(ValueError, match="the checkpoint's model has G 2, this model has G 4"):
+        solver(4).restore(str(tmp_path / "g2_epoch_1.pkl"))
+    solver(2).restore(str(tmp_path / "g2_epoch_1.pkl"))  # the same G still loads
 
 
 # ---------------------------------------------------------------- against torch

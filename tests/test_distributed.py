@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mpi4py import MPI
 from sync_oracle import batchnorm_oracle
 
 import fastnorm as fn
-from fastnorm import distributed as dist
-from fastnorm.gradient_check import eval_numerical_gradient_array
+
+MPI = pytest.importorskip("mpi4py.MPI", reason="fastnorm.distributed needs mpi4py: pip install '.[mpi]'")
+
+from fastnorm import distributed as dist  # noqa: E402
+from fastnorm.gradient_check import eval_numerical_gradient_array  # noqa: E402
 
 SELF = MPI.COMM_SELF
 # the folder holding the fastnorm under test (an installed copy, or the source tree with an in-place build)
@@ -232,6 +234,49 @@ def test_the_docs_examples_run_in_one_process(index, capsys):
 
 def test_the_docs_have_the_training_script():
     assert len(DOC_BLOCKS) == 2 and "Solver(" in DOC_BLOCKS[0] and "comm=comm" in DOC_BLOCKS[0]
+
+
+def _one_rank_case(layout, shape, dtype, seed):
+    """x and dout in `layout` ("(N, D)", "NCHW" or "channels-last"), gamma, beta."""
+    x, dout, gamma, beta = _data(shape, dtype, seed)
+    if layout == "channels-last":  # the same values, channels-last memory
+        x, dout = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) for a in (x, dout))
+    return x, dout, gamma, beta
+
+
+@pytest.mark.parametrize("layout, shape", [("(N, D)", (64, 33)), ("(N, D)", (1100, 40)),
+                                           ("NCHW", (4, 5, 6, 7)), ("NCHW", (8, 16, 16, 20)),
+                                           ("channels-last", (4, 5, 6, 7)), ("channels-last", (8, 16, 16, 20))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ddof", [0, 1])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_rank_is_bitwise_the_one_process_kernels(layout, shape, dtype, ddof, threads):
+    """On one rank the synchronized batch norm is the one-process kernel's: the same
+    moments, the same backward sums and dx, the same running statistics, bit for bit
+    (the second shape of each layout is past the kernels' one-thread threshold).
+    The one exception is float32's forward on column memory ((N, D), channels-last),
+    held to a few roundings: the compiled module has no column normalize taking the double
+    inverse std (as plane_normalize does for NCHW), so the sync forward borrows the
+    test-mode kernel, whose inverse std comes from the variance rounded to float32."""
+    x, dout, gamma, beta = _one_rank_case(layout, shape, dtype, seed=threads + 2 * ddof)
+    forward, backward = ((fn.batchnorm_forward, fn.batchnorm_backward) if layout == "(N, D)"
+                         else (fn.spatial_batchnorm_forward, fn.spatial_batchnorm_backward))
+    mine, theirs = {"mode": "train", "ddof": ddof}, {"mode": "train", "ddof": ddof}
+    with fn.num_threads(threads):
+        out, cache = dist.sync_batchnorm_forward(x, gamma, beta, mine, SELF)
+        want, want_cache = forward(x, gamma, beta, theirs)
+        grads, want_grads = dist.sync_batchnorm_backward(dout, cache), backward(dout, want_cache)
+    assert out.dtype == want.dtype == dtype and out.strides == want.strides
+    if dtype == np.float32 and layout != "NCHW":
+        # the scale gamma * inv_std may differ in its last bit: a few roundings of the largest value
+        np.testing.assert_allclose(out, want, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(want).max())
+    else:
+        assert out.tobytes() == want.tobytes()
+    for key in ("running_mean", "running_var"):
+        assert mine[key].tobytes() == theirs[key].tobytes(), key
+    for got, expected in zip(grads, want_grads):
+        assert got.dtype == expected.dtype and got.shape == expected.shape and got.strides == expected.strides
+        assert got.tobytes() == expected.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

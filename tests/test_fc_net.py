@@ -7,6 +7,8 @@ import fastnorm as fn
 from fastnorm import FullyConnectedNet
 from fastnorm.gradient_check import eval_numerical_gradient
 
+from conftest import assert_loss_checks_once
+
 NORMS = [None, "batchnorm", "layernorm"]
 KERNELS = ["fast", "reference"]
 
@@ -271,24 +273,6 @@ def test_loss_checks_x_and_y_once(normalization, monkeypatch):
                               dropout_keep_ratio=0.5, dtype=np.float64, seed=1)
     X = np.random.default_rng(2).standard_normal((5, 3, 4))
     y = np.array([0, 1, 2, 3, 1])
-    expected = model.loss(X, y)
-    calls = []
-
-    def counted_check(name, value):
-        calls.append(name)
-        return fc_net_check(name, value)
-
-    def counted_labels(*args, **kwargs):
-        calls.append("labels")
-        return labels_check(*args, **kwargs)
-
-    fc_net_check, labels_check = fc_net.as_real_array, layers.check_labels
-    monkeypatch.setattr(fc_net, "as_real_array", counted_check)
-    monkeypatch.setattr(layers, "check_labels", counted_labels)
-    monkeypatch.setattr(layers, "as_real_array", lambda *a: pytest.fail("a layer re-checked an array"))
-    loss, grads = model.loss(X, y)
-    assert calls == ["X", "labels"]
-    assert loss == expected[0]
-    assert all(np.array_equal(grads[k], expected[1][k]) for k in grads)
+    assert_loss_checks_once(model, X, y, fc_net, [layers], monkeypatch)
     with pytest.raises(pytest.fail.Exception, match="re-checked"):
         layers.affine_forward(X, model.params["W1"], model.params["b1"])  # the public layer checks

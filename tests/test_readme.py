@@ -18,11 +18,16 @@ def test_readme_has_python_examples():
     assert len(BLOCKS) >= 2
 
 
+def run_examples(blocks, index: int, page: str) -> None:
+    """Examples 0..index of a page in one namespace: later ones may use names of earlier ones."""
+    namespace = {}
+    for block in blocks[: index + 1]:
+        exec(compile(block, f"{page} example {index}", "exec"), namespace)
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, capsys):
-    namespace = {}
-    for block in BLOCKS[: index + 1]:  # later examples may use names of earlier ones
-        exec(compile(block, f"README.md example {index}", "exec"), namespace)
+    run_examples(BLOCKS, index, "README.md")
 
 
 @pytest.mark.skipif(not USAGE.is_file(), reason="needs the source tree")
@@ -32,9 +37,7 @@ def test_usage_page_has_python_examples():
 
 @pytest.mark.parametrize("index", range(len(USAGE_BLOCKS)))
 def test_usage_example_runs(index, capsys):
-    namespace = {}
-    for block in USAGE_BLOCKS[: index + 1]:
-        exec(compile(block, f"docs/usage.md example {index}", "exec"), namespace)
+    run_examples(USAGE_BLOCKS, index, "docs/usage.md")
 
 
 @pytest.mark.skipif(not README.is_file(), reason="needs the source tree")

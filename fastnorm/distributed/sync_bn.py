@@ -28,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import _validate
+from .._validate_nd import BATCHNORM_SETTINGS
 from .._build import by_dtype, load_kernels
 from .._threads import get_num_threads
 
@@ -60,21 +61,15 @@ _SETTINGS = ((_CHANNELS, "number of features/channels"), (_ITEMSIZE, "dtype (byt
              (_EPS, "eps"), (_DDOF, "ddof"), (_MOMENTUM, "momentum"))
 
 
-class _Call(NamedTuple):
-    """A validated call: x as the kernels read it (columns (rows, C) or planes (N, C, HW))."""
+_CALL_FIELDS = [("view", np.ndarray), ("planes", bool), ("shape", tuple), ("channels_last", bool),
+                *BATCHNORM_SETTINGS]
 
-    view: np.ndarray
-    planes: bool
-    shape: tuple        # x's shape as given
-    channels_last: bool
-    gamma: np.ndarray
-    beta: np.ndarray
-    eps: float
-    ddof: int
-    train: bool
-    momentum: float
-    running_mean: np.ndarray
-    running_var: np.ndarray
+
+class _Call(NamedTuple("_Call", _CALL_FIELDS)):
+    """A validated call: x as the kernels read it (columns (rows, C) or planes (N, C, HW)),
+    x's shape as given and its layout, then the settings of any batch norm call."""
+
+    __slots__ = ()
 
     @property
     def count(self) -> int:

@@ -68,24 +68,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _int_argument(text: str, low: int, high: int | None, message: str) -> int:
+    """An integer in [low, high) from the command line; `message` says the range, with {value}."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(message.format(value=value))
+    return value
+
+
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _int_argument(text, 1, None, "expected a positive integer, got {value}")
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**32:  # the range np.random.seed accepts
-        raise argparse.ArgumentTypeError(f"the seed must be in [0, 2**32), got {value}")
-    return value
+def _non_negative_int(text: str) -> int:  # the range np.random.seed accepts
+    return _int_argument(text, 0, 2**32, "the seed must be in [0, 2**32), got {value}")
 
 
 def run(args) -> int:
