@@ -6,7 +6,7 @@ fastnorm/_build.py, which compares it at import to refuse a stale in-place build
 import hashlib
 from pathlib import Path
 
-PATTERNS = ("*.pyx", "*.pxd", "*.tp", "*.py")
+PATTERNS = ("*.pyx", "*.pxi", "*.pxd", "*.tp", "*.py")
 
 
 def source_hash(src: Path) -> str:

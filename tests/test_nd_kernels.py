@@ -120,18 +120,37 @@ def run_all(x, dout, dtype):
     return results
 
 
+# the kernels start a second thread from 32768 values on (threads_for, src/_parallel.pxd.tp)
+THREAD_SHAPES = [
+    (2, 8, 32, 32),    # 16384 values: one thread either way
+    (1, 8, 64, 63),    # 32256, just below the threshold
+    (4, 8, 32, 32),    # 32768, the first size with two
+    (1, 8, 64, 65),    # 33280, just above
+    (6, 8, 32, 32),    # 49152
+]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_bitwise_identical_for_1_and_2_threads(dtype):
+@pytest.mark.parametrize("shape", THREAD_SHAPES)
+def test_bitwise_identical_for_1_and_2_threads(dtype, shape):
     rng = np.random.default_rng(7)
-    shape = (6, 8, 32, 32)   # above the size where the kernels start threads
     x = (3 * rng.standard_normal(shape) + 5).astype(dtype)
     dout = rng.standard_normal(shape).astype(dtype)
     with fn.num_threads(1):
         one = run_all(x, dout, dtype)
     with fn.num_threads(2):
         two = run_all(x, dout, dtype)
+    assert len(one) == len(two) == 18
     for a, b in zip(one, two):
-        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+    # and the values are right on both sides of the threshold (the float64 reference)
+    out, _ = ref.spatial_groupnorm_forward(x.astype(np.float64), np.ones((1, 8, 1, 1)), np.zeros((1, 8, 1, 1)),
+                                           4, {})
+    g4 = np.ones((1, 8, 1, 1), dtype)
+    with fn.num_threads(2):
+        got, _ = fn.spatial_groupnorm_forward(x, g4, np.zeros_like(g4), 4, {})
+    close(got, out, dtype)
 
 
 # ------------------------------------------------------------------ exact constants
