@@ -45,6 +45,15 @@ cdef inline floating less_residue(floating value, double residue, double factor)
         return <floating> (value - correction(residue, factor))
 
 
+cdef inline void split_mean(const double* mean, Py_ssize_t w, floating* shift,
+                            double* residue) noexcept nogil:
+    """shift = mean rounded to x's dtype, residue = mean - shift (0 for float64), (w,) each."""
+    cdef Py_ssize_t j
+    for j in range(w):
+        shift[j] = <floating> mean[j]
+        residue[j] = mean[j] - shift[j]
+
+
 cdef inline bint corrects_mean(const floating* x) noexcept nogil:
     """Whether moments of x's dtype take the corrected two-pass mean (a pass that
     sums the deviations from the first mean): float64 needs it for a constant row

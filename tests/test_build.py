@@ -47,7 +47,7 @@ def test_stale_in_place_build_is_an_import_error(tmp_path):
     shutil.copy(REPO / "setup.py", tmp_path)
     fresh = import_in(tmp_path)
     assert fresh.returncode == 0, fresh.stderr  # the same sources: not stale
-    with open(tmp_path / "src" / "batchnorm.pxd", "a") as f:
+    with open(tmp_path / "src" / "batchnorm.pxd.tp", "a") as f:
         f.write("\n# edited after the build\n")
     stale = import_in(tmp_path)
     assert stale.returncode != 0

@@ -1,6 +1,6 @@
 """The layer-norm kernels' splits: row groups of the backward (ROW_BLOCK = 64
 rows, or half of fewer than 128 rows); rows up to WIDE_ROW = 8192 one by one,
-wider rows in 512-column segments over a group; lane tails (16 lanes). Both
+wider rows by 1024-column tiles over all rows; lane tails (16 lanes). Both
 kernels are checked bitwise against an exact NumPy model of their order of
 operations (at the end of this file). Deterministic checks only (no timing)."""
 
@@ -15,7 +15,7 @@ from kernel_builds import AVX2, BASELINE, HAVE_BOTH, RUNNABLE
 # Each has more than 32768 elements, so that two threads really run (smaller
 # calls stay on one thread): half groups with and without a short last one,
 # whole groups with a short last one, rows at and past WIDE_ROW (past it: a
-# short last segment), lane tails.
+# short last column tile), lane tails.
 SHAPES = [(100, 500), (7, 5000), (255, 131), (257, 129), (300, 127), (600, 64),
           (130, 256), (130, 257), (64, 512), (64, 513),
           (4, 8192), (5, 8193), (3, 20001), (70, 8200), (127, 8193), (200, 8200)]
@@ -141,6 +141,8 @@ def test_nonfinite_dout_stays_in_its_row_and_column(shape, dtype, bad):
 # added in order. Any other order of additions fails the bitwise checks below.
 
 LANES = 16
+WIDE_ROW = 8192   # layernorm.pxd.tp: wider rows go by column tiles of WIDE_TILE
+WIDE_TILE = 1024
 
 
 def _row_sums(terms):
@@ -189,8 +191,15 @@ def exact_backward(dout, x, mean, inv_std, gamma, ddof):
     dy64, x64 = dout.astype(np.float64), x.astype(np.float64)
     xc = x64 - mean[:, None]
     g = dy64 * gamma.astype(np.float64)
-    sum_g, sum_g_xc = _row_sums(g), _row_sums(g * xc)
-    group = 64 if N >= 128 else -(-N // 2)
+    if D <= WIDE_ROW:
+        sum_g, sum_g_xc = _row_sums(g), _row_sums(g * xc)
+        group = 64 if N >= 128 else -(-N // 2)
+    else:   # column tiles: each row's tile sums added in tile order; one group of all rows
+        sum_g, sum_g_xc = np.zeros(N), np.zeros(N)
+        for c0 in range(0, D, WIDE_TILE):
+            sum_g = sum_g + _row_sums(g[:, c0:c0 + WIDE_TILE])
+            sum_g_xc = sum_g_xc + _row_sums((g * xc)[:, c0:c0 + WIDE_TILE])
+        group = N
     dgamma_terms = dy64 * (xc * inv_std[:, None])
     total_dgamma = total_dbeta = None
     for r0 in range(0, N, group):
@@ -212,8 +221,9 @@ def exact_backward(dout, x, mean, inv_std, gamma, ddof):
 
 # tile edges of the model: lane tails (D % 16), one row, row groups (half of
 # fewer than 128 rows, 64 from 128 on, a short last group), rows past WIDE_ROW
+# (column tiles of WIDE_TILE, a short last one)
 MODEL_SHAPES = [(1, 5), (2, 16), (3, 17), (5, 64), (33, 63), (127, 31), (128, 33), (131, 100),
-                (70, 513), (300, 64), (3, 8193)]
+                (70, 513), (300, 64), (3, 8193), (130, 9216), (1, 10000)]
 
 
 @pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
