@@ -45,11 +45,14 @@ def adam_update(w: _F, dw: _F, m: _F, v: _F, lr: float, beta1: float, beta2: flo
 
 # ------------------------------------------------------------ batch norm's building blocks
 # For data-parallel batch norm, which combines their results across processes:
-# batchnorm_forward is column_moments then the normalize sweep; batchnorm_backward
+# batchnorm_forward is column_moments then column_normalize; batchnorm_backward
 # is column_grad_sums then column_dx with count = N. x, dout, dx_out (N, D), the rest
 # (D,); lengths are checked (ValueError); N == 0 is allowed (zero sums).
 # mean_out, m2_out OUT: per column the mean and the centered sum of squares.
 def column_moments(x: _F, mean_out: _D, m2_out: _D, n_threads: _Threads) -> None: ...
+# out OUT: (x - mean) * inv_std * gamma + beta per column, batchnorm_forward's sweep.
+def column_normalize(x: _F, mean: _D, inv_std: _D, gamma: _F, beta: _F, out: _F,
+                     n_threads: _Threads) -> None: ...
 # sum_dy_out, sum_dy_xc_out OUT: per column sum(dout) and sum(dout * (x - mean)).
 def column_grad_sums(dout: _F, x: _F, mean: _D, sum_dy_out: _D, sum_dy_xc_out: _D,
                      n_threads: _Threads) -> None: ...
@@ -70,9 +73,7 @@ spatial_batchnorm_backward = batchnorm_backward
 plane_moments = column_moments
 plane_grad_sums = column_grad_sums
 plane_dx = column_dx
-# out = (x - mean_c) * inv_std_c * gamma_c + beta_c: x, out (N, C, P), the rest (C,).
-def plane_normalize(x: _F, mean: _D, inv_std: _D, gamma: _F, beta: _F, out: _F,
-                    n_threads: _Threads) -> None: ...
+plane_normalize = column_normalize
 
 # Group norm: x, out, dout, dx (N, C, P); gamma, beta, dgamma, dbeta (C,); G divides C;
 # stats (2, N*G) OUT mean, inv_std of each (sample, group); sums (2, N*C) scratch.

@@ -1,7 +1,7 @@
 # Wrappers of the 2-D kernels (part of _kernels.pyx): batch norm and layer norm on
 # (N, D), Adam, and batch norm's building blocks.
 
-from batchnorm cimport bn_forward, bn_backward
+from batchnorm cimport bn_forward, bn_backward, bn_normalize
 from dx cimport column_dx as _column_dx
 from grad_sums cimport column_grad_sums as _column_grad_sums
 from layernorm cimport ln_forward, ln_backward
@@ -71,7 +71,7 @@ def adam_update(const floating[::1] w, const floating[::1] dw, const floating[::
 
 # The building blocks of batch norm's forward and backward, for callers that
 # combine statistics across processes (data-parallel batch norm): the forward
-# is column_moments, then the normalize sweep; the backward is column_grad_sums,
+# is column_moments, then column_normalize; the backward is column_grad_sums,
 # then column_dx with count = N.
 
 def column_moments(const floating[:, ::1] x, double[::1] mean_out, double[::1] m2_out,
@@ -88,6 +88,23 @@ def column_moments(const floating[:, ::1] x, double[::1] mean_out, double[::1] m
     cdef int status
     with nogil:
         status = _column_moments(&x[0, 0], N, D, &mean_out[0], &m2_out[0], n_threads)
+    _check(status)
+
+
+def column_normalize(const floating[:, ::1] x, const double[::1] mean, const double[::1] inv_std,
+                     const floating[::1] gamma, const floating[::1] beta, floating[:, ::1] out,
+                     int n_threads):
+    # x, out (N, D); the rest (D,): out = (x - mean) * inv_std * gamma + beta per column,
+    # with the constants and the sweep of batchnorm_forward
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1]
+    _check_shape("out", (out.shape[0], out.shape[1]), (N, D))
+    _check_lengths(D, {"mean": mean.shape[0], "inv_std": inv_std.shape[0], "gamma": gamma.shape[0],
+                       "beta": beta.shape[0]})
+    if N == 0 or D == 0:
+        return
+    cdef int status
+    with nogil:
+        status = bn_normalize(x, mean, inv_std, gamma, beta, out, n_threads)
     _check(status)
 
 

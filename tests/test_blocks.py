@@ -1,5 +1,5 @@
 """The building blocks of batch norm that data-parallel batch norm combines across
-processes (column_moments, column_grad_sums, column_dx): against float64 NumPy
+processes (column_moments, column_normalize, column_grad_sums, column_dx): against float64 NumPy
 formulas, and composed, bitwise what batchnorm_forward and batchnorm_backward
 give (the forward and backward are made of them)."""
 
@@ -86,6 +86,25 @@ def test_column_moments_are_what_the_forward_computes(shape, dtype, ddof):
     np.testing.assert_array_equal(stats[1], 1.0 / np.sqrt(var + 1e-5))
     np.testing.assert_array_equal(running[0], (0.9 * running_mean.astype(np.float64) + (1 - 0.9) * mean).astype(dtype))
     np.testing.assert_array_equal(running[1], (0.9 * running_var.astype(np.float64) + (1 - 0.9) * var).astype(dtype))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_column_normalize_is_the_forwards_sweep(shape, dtype, train):
+    """Given the statistics the forward used (the batch's, or the running ones in
+    test mode), column_normalize writes the forward's out bit for bit, and it is
+    (x - mean) * inv_std * gamma + beta to float32's rounding."""
+    x, gamma, beta, _ = _inputs(shape, dtype, offset=1e4)
+    want, stats, _, _, _ = bn_forward(x, gamma, beta, 0, train)
+    out = np.full_like(x, np.nan)
+    K.column_normalize(x, stats[0], stats[1], gamma, beta, out, 1)
+    np.testing.assert_array_equal(out, want)
+    exact = (x.astype(np.float64) - stats[0]) * stats[1] * gamma + beta
+    scale = np.abs(gamma * stats[1]) * np.abs(x).max(axis=0) + np.abs(beta)
+    assert np.all(np.abs(out - exact) <= 4 * np.finfo(dtype).eps * scale)
+    if train:  # a constant column sits at its mean: exactly beta
+        np.testing.assert_array_equal(out[:, ::4], np.broadcast_to(beta[::4], out[:, ::4].shape))
 
 
 @pytest.mark.parametrize("offset", [3.0, 1e4])
@@ -195,6 +214,10 @@ def test_a_buffer_of_the_wrong_length_is_refused_before_the_kernel_runs():
         K.column_grad_sums(np.ones((3, 3)), x, np.zeros(3), np.empty(3), np.empty(3), 1)
     with pytest.raises(ValueError, match="sum_dy_xc_out must have shape"):
         K.column_grad_sums(x, x, np.zeros(3), np.empty(3), np.empty(4), 1)
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 3\), got \(4, 2\)"):
+        K.column_normalize(x, np.zeros(3), np.ones(3), np.ones(3), np.zeros(3), np.empty((4, 2)), 1)
+    with pytest.raises(ValueError, match="inv_std must have shape"):
+        K.column_normalize(x, np.zeros(3), np.ones(4), np.ones(3), np.zeros(3), np.empty((4, 3)), 1)
     dx = np.zeros((4, 3))
     with pytest.raises(ValueError, match="gamma must have shape"):
         K.column_dx(x, x, np.zeros(3), np.ones(3), np.ones(2), np.zeros(3), np.zeros(3), 4.0, 0, True, dx, 1)

@@ -253,11 +253,8 @@ def _one_rank_case(layout, shape, dtype, seed):
 def test_one_rank_is_bitwise_the_one_process_kernels(layout, shape, dtype, ddof, threads):
     """On one rank the synchronized batch norm is the one-process kernel's: the same
     moments, the same backward sums and dx, the same running statistics, bit for bit
-    (the second shape of each layout is past the kernels' one-thread threshold).
-    The one exception is float32's forward on column memory ((N, D), channels-last),
-    held to a few roundings: the compiled module has no column normalize taking the double
-    inverse std (as plane_normalize does for NCHW), so the sync forward borrows the
-    test-mode kernel, whose inverse std comes from the variance rounded to float32."""
+    (the second shape of each layout is past the kernels' one-thread threshold), and
+    in test mode, with the running statistics the train step wrote, the same output."""
     x, dout, gamma, beta = _one_rank_case(layout, shape, dtype, seed=threads + 2 * ddof)
     forward, backward = ((fn.batchnorm_forward, fn.batchnorm_backward) if layout == "(N, D)"
                          else (fn.spatial_batchnorm_forward, fn.spatial_batchnorm_backward))
@@ -267,16 +264,17 @@ def test_one_rank_is_bitwise_the_one_process_kernels(layout, shape, dtype, ddof,
         want, want_cache = forward(x, gamma, beta, theirs)
         grads, want_grads = dist.sync_batchnorm_backward(dout, cache), backward(dout, want_cache)
     assert out.dtype == want.dtype == dtype and out.strides == want.strides
-    if dtype == np.float32 and layout != "NCHW":
-        # the scale gamma * inv_std may differ in its last bit: a few roundings of the largest value
-        np.testing.assert_allclose(out, want, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(want).max())
-    else:
-        assert out.tobytes() == want.tobytes()
+    assert out.tobytes() == want.tobytes()
     for key in ("running_mean", "running_var"):
         assert mine[key].tobytes() == theirs[key].tobytes(), key
     for got, expected in zip(grads, want_grads):
         assert got.dtype == expected.dtype and got.shape == expected.shape and got.strides == expected.strides
         assert got.tobytes() == expected.tobytes()
+    mine["mode"] = theirs["mode"] = "test"
+    with fn.num_threads(threads):
+        out, _ = dist.sync_batchnorm_forward(x, gamma, beta, mine, SELF)
+        want, _ = forward(x, gamma, beta, theirs)
+    assert out.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -29,26 +29,26 @@ from mpi4py import MPI
 
 from .. import _validate
 from .._validate_nd import BATCHNORM_SETTINGS
-from .._build import by_dtype, load_kernels
+from .._build import load_kernels
 from .._threads import get_num_threads
 
 _kernels = load_kernels()
 
 
 class _Blocks(NamedTuple):
-    """The compiled building blocks of one memory layout: per-rank moments, backward
-    sums, and dx from the global sums."""
+    """The compiled building blocks of one memory layout: per-rank moments, the
+    normalize sweep, backward sums, and dx from the global sums."""
 
     moments: object
+    normalize: object
     grad_sums: object
     dx: object
 
 
-_PLANES = _Blocks(_kernels.plane_moments, _kernels.plane_grad_sums, _kernels.plane_dx)
-_BN_FORWARD = by_dtype(_kernels.batchnorm_forward)
-
-
-_COLUMNS = _Blocks(_kernels.column_moments, _kernels.column_grad_sums, _kernels.column_dx)
+_PLANES = _Blocks(_kernels.plane_moments, _kernels.plane_normalize, _kernels.plane_grad_sums,
+                  _kernels.plane_dx)
+_COLUMNS = _Blocks(_kernels.column_moments, _kernels.column_normalize, _kernels.column_grad_sums,
+                   _kernels.column_dx)
 
 __all__ = ["sync_batchnorm_forward", "sync_batchnorm_backward", "SyncBatchNormCache"]
 
@@ -214,30 +214,14 @@ def _merge(counts: np.ndarray, moments: np.ndarray) -> tuple[float, np.ndarray, 
     return n, mean, m2
 
 
-def _normalize(call: _Call, mean, var, inv_std) -> np.ndarray:
-    """out in x's layout: (x - mean) * gamma / sqrt(var + eps) + beta per channel."""
+def _normalize(call: _Call, mean, inv_std) -> np.ndarray:
+    """out in x's layout: (x - mean) * inv_std * gamma + beta per channel, with the
+    constants and the sweep of the one-process forward."""
     out = np.empty_like(call.view)
-    if call.count and call.planes:
-        _kernels.plane_normalize(call.view, mean, inv_std, call.gamma, call.beta, out, get_num_threads())
-    elif call.count:
-        _column_normalize(call, mean, var, out)
+    if call.count:
+        blocks = _PLANES if call.planes else _COLUMNS
+        blocks.normalize(call.view, mean, inv_std, call.gamma, call.beta, out, get_num_threads())
     return _in_layout(out, call.shape, call.planes, call.channels_last)
-
-
-def _column_normalize(call: _Call, mean, var, out):
-    """Batch norm's forward in test mode with the global mean and variance as its running
-    statistics. float32 passes the mean rounded to float32 and folds the rest of it
-    (below float32's rounding) into beta, as the training kernel does."""
-    dtype, beta = call.view.dtype, call.beta
-    shift, var_in = mean.astype(dtype), var.astype(dtype)
-    if dtype != np.float64:
-        inv_std = 1.0 / np.sqrt(var_in.astype(np.float64) + call.eps)
-        with np.errstate(invalid="ignore", over="ignore"):
-            fold = (mean - shift) * (call.gamma * inv_std)
-        beta = (beta - np.where(np.isfinite(fold), fold, 0.0)).astype(dtype)  # 0 where not finite
-    C = call.shape[1]
-    _BN_FORWARD[dtype](call.view, call.gamma, beta, shift, var_in, False, 0.0, call.eps, 0, out,
-                       np.empty((2, C)), np.empty((2, C), dtype), get_num_threads())
 
 
 def _in_layout(a, shape, planes, channels_last):
@@ -270,7 +254,7 @@ def sync_batchnorm_forward(x, gamma, beta, bn_param, comm=None):
         var = call.running_var.astype(np.float64)
         inv_std = 1.0 / np.sqrt(var + call.eps)
         bn_param["running_mean"], bn_param["running_var"] = call.running_mean, call.running_var
-        return _normalize(call, mean, var, inv_std), SyncBatchNormCache(call, mean, inv_std, comm, call.count)
+        return _normalize(call, mean, inv_std), SyncBatchNormCache(call, mean, inv_std, comm, call.count)
 
     try:
         call, error = _check(x, gamma, beta, bn_param), None
@@ -298,7 +282,7 @@ def sync_batchnorm_forward(x, gamma, beta, bn_param, comm=None):
     m, dtype = call.momentum, call.view.dtype
     bn_param["running_mean"] = (m * call.running_mean.astype(np.float64) + (1.0 - m) * mean).astype(dtype)
     bn_param["running_var"] = (m * call.running_var.astype(np.float64) + (1.0 - m) * var).astype(dtype)
-    return _normalize(call, mean, var, inv_std), SyncBatchNormCache(call, mean, inv_std, comm, count)
+    return _normalize(call, mean, inv_std), SyncBatchNormCache(call, mean, inv_std, comm, count)
 
 
 def _backward_arrays(dout, cache: SyncBatchNormCache):
