@@ -1,0 +1,96 @@
+# Stores that bypass the cache, for outputs too large to stay in it: a plain
+# store first reads each line of the output into cache (read for ownership), so
+# a forward would move x in, out in and out back; a streaming store only writes.
+# The values are computed as before, a short chunk at a time into L1, and only
+# stored differently, so they are bitwise the same. A segment of the output
+# (a task's rows, written in order) streams its whole 64-byte lines and stores
+# its first and last partial lines plainly: a line is never written both ways,
+# and a line half-written by a streaming store never goes to memory. One C
+# source for every build: SSE2's 16-byte streaming stores are in every x86-64
+# baseline, AVX builds store 32 bytes; other machines store plainly.
+
+from cython cimport floating
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__AVX__)
+    #include <immintrin.h>
+    #elif defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    #define FASTNORM_LINE 64
+    /* Stores buf[0..n) at dst: plainly up to dst's first line boundary (a segment's
+       start), then whole lines streamed; the rest (under a line) plainly when last,
+       else moved to buf's front for the next call. Returns the count stored. */
+    #define FASTNORM_STREAM_LINES(T, STREAM, LOAD, STEP)                                  \
+    static inline Py_ssize_t fastnorm_stream_lines_##T(T *dst, T *buf, Py_ssize_t n,  \
+                                                        int last) {                  \
+        Py_ssize_t j = 0, lines;                                                      \
+        for (; j < n && ((uintptr_t) (dst + j) % FASTNORM_LINE) != 0; j++)            \
+            dst[j] = buf[j];                                                          \
+        lines = j + (n - j) / (FASTNORM_LINE / sizeof(T)) * (FASTNORM_LINE / sizeof(T)); \
+        for (; j < lines; j += STEP) STREAM(dst + j, LOAD(buf + j));                  \
+        if (last) {                                                                   \
+            for (; j < n; j++) dst[j] = buf[j];                                       \
+            return n;                                                                 \
+        }                                                                             \
+        memmove(buf, buf + j, (n - j) * sizeof(T));                                   \
+        return j;                                                                     \
+    }
+    #if defined(__AVX__)
+    FASTNORM_STREAM_LINES(float, _mm256_stream_ps, _mm256_loadu_ps, 8)
+    FASTNORM_STREAM_LINES(double, _mm256_stream_pd, _mm256_loadu_pd, 4)
+    #elif defined(__SSE2__)
+    FASTNORM_STREAM_LINES(float, _mm_stream_ps, _mm_loadu_ps, 4)
+    FASTNORM_STREAM_LINES(double, _mm_stream_pd, _mm_loadu_pd, 2)
+    #else
+    #define FASTNORM_PLAIN(dst, value) (*(dst) = (value))
+    #define FASTNORM_LOAD(src) (*(src))
+    FASTNORM_STREAM_LINES(float, FASTNORM_PLAIN, FASTNORM_LOAD, 1)
+    FASTNORM_STREAM_LINES(double, FASTNORM_PLAIN, FASTNORM_LOAD, 1)
+    #endif
+    /* Streaming stores are weakly ordered: a task fences its own before it ends, so
+       that they are visible when the caller (or another thread) reads out. */
+    static inline void fastnorm_store_fence(void) {
+    #if defined(__SSE2__)
+        _mm_sfence();
+    #endif
+    }
+    """
+    Py_ssize_t _lines_float "fastnorm_stream_lines_float"(float* dst, float* buf, Py_ssize_t n,
+                                                          bint last) noexcept nogil
+    Py_ssize_t _lines_double "fastnorm_stream_lines_double"(double* dst, double* buf, Py_ssize_t n,
+                                                            bint last) noexcept nogil
+    void store_fence "fastnorm_store_fence"() noexcept nogil
+
+
+cdef enum:
+    STREAM_BYTES = 8 << 20   # outputs from this size on are streamed: well past L2 (1 MiB a core)
+    STREAM_CHUNK = 64        # values computed into L1 at a time: a few lines, so that the
+                             # loads of the next chunk overlap the stores of this one
+    STREAM_BUF = STREAM_CHUNK + 16   # a chunk and what is left of a line (16 float32 values)
+    STREAM_TASK = 65536      # values per task at least (rows grouped), one fence each
+    STREAM_ROW = 256         # rows (or row pieces) streamed have at least this many values
+
+
+cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
+    """Whether an (N, D) output is written with streaming stores: the shape's alone.
+    Rows shorter than STREAM_ROW pay more per row in the segment's bookkeeping than
+    the stores save."""
+    return N * D * itemsize >= STREAM_BYTES and D >= STREAM_ROW
+
+
+cdef inline Py_ssize_t rows_per_task(Py_ssize_t D) noexcept nogil:
+    """Rows of D values a streaming task takes: at least STREAM_TASK values in all."""
+    return max(1, STREAM_TASK // max(D, 1))
+
+
+cdef inline Py_ssize_t stream_lines(floating* dst, floating* buf, Py_ssize_t n,   # IN buf (n,)
+                                    bint last) noexcept nogil:
+    """Stores buf[0..n) of a segment at dst (see the C above); the count stored."""
+    if floating is float:
+        return _lines_float(dst, buf, n, last)
+    else:
+        return _lines_double(dst, buf, n, last)

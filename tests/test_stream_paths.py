@@ -1,0 +1,105 @@
+"""The forwards' streamed path (src/stream.pxd): outputs of 8 MiB and more, with
+rows of at least 256 values, are stored past the cache. Only where the values
+are stored changes, so every row (layer norm) and every element of a test-mode
+batch norm must be bitwise what the same inputs give on a small array, which
+takes the plain path: on every build, at one and two threads, with out aligned
+to a cache line or not."""
+
+import numpy as np
+import pytest
+
+from kernel_builds import RUNNABLE
+
+STREAM_BYTES = 8 << 20   # src/stream.pxd
+
+
+def _out(shape, dtype, misalign):
+    """An empty C-contiguous (N, D) array starting `misalign` elements past a 64-byte line."""
+    n = int(np.prod(shape))
+    raw = np.empty(n + 64, dtype)
+    start = (-raw.ctypes.data % 64) // raw.itemsize + misalign
+    return raw[start:start + n].reshape(shape)
+
+
+def _inputs(N, D, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (3.0 + 2.0 * rng.standard_normal((N, D))).astype(dtype)
+    x[5] = x[5, 0]   # a constant row: layer norm gives beta exactly
+    gamma = rng.standard_normal(D).astype(dtype)
+    beta = rng.standard_normal(D).astype(dtype)
+    return x, gamma, beta
+
+
+def _ln(kernels, x, gamma, beta, out, n_threads):
+    stats = np.empty((2, x.shape[0]))
+    kernels.layernorm_forward(x, gamma, beta, 1e-5, 0, out, stats, n_threads)
+    return stats
+
+
+def _bn_test_mode(kernels, x, gamma, beta, rmean, rvar, out, n_threads):
+    D = x.shape[1]
+    stats, running = np.empty((2, D)), np.empty((2, D), x.dtype)
+    kernels.batchnorm_forward(x, gamma, beta, rmean, rvar, False, 0.9, 1e-5, 0, out, stats,
+                              running, n_threads)
+
+
+# (N, D) at and past the threshold: rows of a cache line's multiple, rows that
+# end mid-line (D odd), a row wider than a chunk's multiple
+SHAPES = [(2048, 1024), (2053, 1031), (257, 8200)]
+
+
+@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("misalign", [0, 3])
+def test_layernorm_streamed_rows_are_the_plain_rows(kernels, dtype, shape, misalign):
+    N, D = shape
+    x, gamma, beta = _inputs(N, D, dtype)
+    assert x.nbytes >= STREAM_BYTES
+    rows = [0, 1, 5, N // 2, N - 2, N - 1]
+    small = _out((len(rows), D), dtype, 0)
+    small_stats = _ln(kernels, np.ascontiguousarray(x[rows]), gamma, beta, small, 1)
+    assert small.nbytes < STREAM_BYTES
+    for n_threads in (1, 2):
+        out = _out((N, D), dtype, misalign)
+        stats = _ln(kernels, x, gamma, beta, out, n_threads)
+        np.testing.assert_array_equal(out[rows].view(np.uint8), small.view(np.uint8))
+        np.testing.assert_array_equal(stats[:, rows], small_stats)
+    np.testing.assert_array_equal(out[5], beta)   # the constant row
+
+
+@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("misalign", [0, 5])
+def test_batchnorm_streamed_sweep_is_the_plain_sweep(kernels, dtype, shape, misalign):
+    # test mode: each element depends on its column's running statistics alone,
+    # so the rows of a large batch are those of the same rows on their own
+    N, D = shape
+    x, gamma, beta = _inputs(N, D, dtype)
+    rng = np.random.default_rng(1)
+    rmean = rng.standard_normal(D).astype(dtype)
+    rvar = rng.uniform(0.5, 2.0, D).astype(dtype)
+    rows = list(range(64)) + [N - 3, N - 2, N - 1]   # > 64 rows: the general path, as the large one
+    small = _out((len(rows), D), dtype, 0)
+    _bn_test_mode(kernels, np.ascontiguousarray(x[rows]), gamma, beta, rmean, rvar, small, 1)
+    assert small.nbytes < STREAM_BYTES
+    for n_threads in (1, 2):
+        out = _out((N, D), dtype, misalign)
+        _bn_test_mode(kernels, x, gamma, beta, rmean, rvar, out, n_threads)
+        np.testing.assert_array_equal(out[rows].view(np.uint8), small.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_forwards_match_the_float64_oracle(dtype):
+    import fastnorm as fn
+    N, D = 2048, 1024
+    x, gamma, beta = _inputs(N, D, dtype, seed=2)
+    xd = x.astype(np.float64)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    out, _ = fn.layernorm_forward(x, gamma, beta, {})
+    mu, var = xd.mean(1, keepdims=True), xd.var(1, keepdims=True)
+    np.testing.assert_allclose(out, (xd - mu) / np.sqrt(var + 1e-5) * gamma + beta, **tol)
+    out, _ = fn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    mu, var = xd.mean(0), xd.var(0)
+    np.testing.assert_allclose(out, (xd - mu) / np.sqrt(var + 1e-5) * gamma + beta, **tol)
