@@ -48,9 +48,14 @@ def _bn_test_mode(kernels, x, gamma, beta, rmean, rvar, out, n_threads):
 SHAPES = [(2048, 1024), (2053, 1031), (257, 8200)]
 
 
-@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+def every_build_dtype_and_shape(test):
+    """The streamed cases: each build this CPU runs, both dtypes, every shape of SHAPES."""
+    test = pytest.mark.parametrize("shape", SHAPES)(test)
+    test = pytest.mark.parametrize("dtype", [np.float32, np.float64])(test)
+    return pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)(test)
+
+
+@every_build_dtype_and_shape
 @pytest.mark.parametrize("misalign", [0, 3])
 def test_layernorm_streamed_rows_are_the_plain_rows(kernels, dtype, shape, misalign):
     N, D = shape
@@ -68,9 +73,7 @@ def test_layernorm_streamed_rows_are_the_plain_rows(kernels, dtype, shape, misal
     np.testing.assert_array_equal(out[5], beta)   # the constant row
 
 
-@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+@every_build_dtype_and_shape
 @pytest.mark.parametrize("misalign", [0, 5])
 def test_batchnorm_streamed_sweep_is_the_plain_sweep(kernels, dtype, shape, misalign):
     # test mode: each element depends on its column's running statistics alone,
