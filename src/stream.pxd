@@ -73,20 +73,13 @@ cdef enum:
     STREAM_BUF = STREAM_CHUNK + 16   # a chunk and what is left of a line (16 float32 values)
     STREAM_TASK = 65536      # values per task at least (rows grouped), one fence each
     STREAM_ROW = 256         # rows (or row pieces) streamed have at least this many values
-    DX_STREAM_BYTES = 32 << 20   # a backward's dx from this size on
 
 
 cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
-    """Whether an (N, D) output is written with streaming stores: the shape's alone.
-    Rows shorter than STREAM_ROW pay more per row in the segment's bookkeeping than
-    the stores save."""
+    """Whether an (N, D) output (a forward's out, layer norm's dx) is written with
+    streaming stores: the shape's alone. Rows shorter than STREAM_ROW pay more per
+    row in the segment's bookkeeping than the stores save."""
     return N * D * itemsize >= STREAM_BYTES and D >= STREAM_ROW
-
-
-cdef inline bint streams_dx(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
-    """Whether layer norm's backward streams its (N, D) dx: from DX_STREAM_BYTES, four
-    times the forward's size, since the backward reads two arrays per value written."""
-    return N * D * itemsize >= DX_STREAM_BYTES and D >= STREAM_ROW
 
 
 cdef inline Py_ssize_t rows_per_task(Py_ssize_t D) noexcept nogil:
