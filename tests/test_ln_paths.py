@@ -220,10 +220,12 @@ def exact_backward(dout, x, mean, inv_std, gamma, ddof):
 
 
 # tile edges of the model: lane tails (D % 16), one row, row groups (half of
-# fewer than 128 rows, 64 from 128 on, a short last group), rows past WIDE_ROW
-# (column tiles of WIDE_TILE, a short last one)
+# fewer than 128 rows, 64 from 128 on, a short last group), rows of PAIRED_ROW
+# (1024) to WIDE_ROW summed two at a time (a group's odd last row alone), rows
+# past WIDE_ROW (column tiles of WIDE_TILE, a short last one)
 MODEL_SHAPES = [(1, 5), (2, 16), (3, 17), (5, 64), (33, 63), (127, 31), (128, 33), (131, 100),
-                (70, 513), (300, 64), (3, 8193), (130, 9216), (1, 10000)]
+                (70, 513), (300, 64), (1, 1024), (3, 1040), (131, 2047), (2, 8192),
+                (3, 8193), (130, 9216), (1, 10000)]
 
 
 @pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
