@@ -138,3 +138,62 @@ def test_streamed_forwards_match_the_float64_oracle(dtype):
     out, _ = fn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
     mu, var = xd.mean(0), xd.var(0)
     np.testing.assert_allclose(out, (xd - mu) / np.sqrt(var + 1e-5) * gamma + beta, **tol)
+
+
+def _gn(kernels, x, gamma, beta, G, out, dout, dx, n_threads):
+    """Group norm's forward, then its backward, on the raw kernels: the per-group
+    statistics, dgamma and dbeta."""
+    N, C, _ = x.shape
+    stats = np.empty((2, N * G))
+    kernels.groupnorm_forward(x, gamma, beta, G, 1e-5, out, stats, n_threads)
+    dgamma, dbeta = np.empty(C, x.dtype), np.empty(C, x.dtype)
+    kernels.groupnorm_backward(dout, x, stats[0], stats[1], gamma, G, np.empty((2, N * C)), dx,
+                               dgamma, dbeta, n_threads)
+    return stats, dgamma, dbeta
+
+
+@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
+@pytest.mark.parametrize("misalign", [0, 3])
+@pytest.mark.parametrize("dtype, N, P", [(np.float32, 21, 13001), (np.float64, 21, 13001),
+                                         (np.float64, 263, 1001)])
+def test_groupnorm_streamed_groups_are_the_plain_groups(kernels, dtype, misalign, N, P):
+    # group rows of 32 KiB and more in an output of STREAM_BYTES up to 32 MiB are
+    # streamed (forward out, backward dx), and the forward's float64 out of 16 MiB
+    # or more in shorter rows (P = 1001); every group is computed alone, so the
+    # samples of a large batch are those of the same samples on their own (the
+    # plain path), planes of an odd length ending mid-line
+    C, G = 8, 4
+    rng = np.random.default_rng(3)
+    x = (3.0 + 2.0 * rng.standard_normal((N, C, P))).astype(dtype)
+    x[1, :C // G] = 7.0   # a constant group: beta exactly
+    dout = rng.standard_normal((N, C, P)).astype(dtype)
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    assert STREAM_BYTES <= x.nbytes < 32 << 20
+    assert C // G * P * x.itemsize >= 32 << 10 or (x.itemsize == 8 and x.nbytes >= 16 << 20)
+    rows = [0, 1, N - 1]
+    small = [_out((len(rows), C, P), dtype, 0) for _ in range(2)]
+    small_stats = _gn(kernels, np.ascontiguousarray(x[rows]), gamma, beta, G, small[0],
+                      np.ascontiguousarray(dout[rows]), small[1], 1)[0]
+    assert small[0].nbytes < STREAM_BYTES
+    results = []
+    for n_threads in (1, 2):
+        out, dx = _out((N, C, P), dtype, misalign), _out((N, C, P), dtype, misalign)
+        stats, dgamma, dbeta = _gn(kernels, x, gamma, beta, G, out, dout, dx, n_threads)
+        np.testing.assert_array_equal(out[rows].view(np.uint8), small[0].view(np.uint8))
+        np.testing.assert_array_equal(dx[rows].view(np.uint8), small[1].view(np.uint8))
+        np.testing.assert_array_equal(stats.reshape(2, N, G)[:, rows], small_stats.reshape(2, -1, G))
+        results.append((out, dx, dgamma, dbeta))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    np.testing.assert_array_equal(results[0][0][1, :C // G], np.broadcast_to(beta[:C // G, None], (C // G, P)))
+    # dgamma, dbeta (over every sample) against float64
+    xd = x.astype(np.float64).reshape(N, G, -1)
+    x_hat = ((xd - xd.mean(2, keepdims=True)) / np.sqrt(xd.var(2, keepdims=True) + 1e-5)).reshape(N, C, P)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(results[0][2], (dout * x_hat).sum((0, 2)), **tol)
+    np.testing.assert_allclose(results[0][3], dout.astype(np.float64).sum((0, 2)), **tol)
+    g = (dout * gamma[:, None]).astype(np.float64).reshape(N, G, -1)
+    xh = x_hat.reshape(N, G, -1)
+    want = (g - g.mean(2, keepdims=True) - xh * (g * xh).mean(2, keepdims=True)) / np.sqrt(
+        xd.var(2, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(results[0][1], want.reshape(N, C, P), **tol)
