@@ -36,7 +36,7 @@ cdef extern from *:
             for (; j < n; j++) dst[j] = buf[j];                                       \
             return n;                                                                 \
         }                                                                             \
-        memmove(buf, buf + j, (n - j) * sizeof(T));                                   \
+        if (n > j) memmove(buf, buf + j, (n - j) * sizeof(T));  /* no call per line-sized row */ \
         return j;                                                                     \
     }
     #if defined(__AVX__)
@@ -87,6 +87,13 @@ cdef inline bint streams_dx(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noe
     """Whether layer norm's backward streams its (N, D) dx: from DX_STREAM_BYTES, four
     times the forward's size, since the backward reads two arrays per value written."""
     return N * D * itemsize >= DX_STREAM_BYTES and D >= STREAM_ROW
+
+
+cdef inline bint streams_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
+    """Whether batch norm's (N, D) output (out, dx) is streamed: the shape's alone. A task
+    streams its rows as one contiguous segment, rows narrower than a chunk several to
+    a chunk, so short rows cost no more bookkeeping than long ones (unlike streams)."""
+    return N * D * itemsize >= STREAM_BYTES
 
 
 cdef inline Py_ssize_t rows_per_task(Py_ssize_t D) noexcept nogil:
