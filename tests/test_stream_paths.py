@@ -185,3 +185,24 @@ def test_streamed_channels_last_batchnorm_matches_the_float64_oracle(dtype):
     np.testing.assert_allclose(dx, wdx, rtol=0, atol=tol * np.abs(wdx).max())
     for g, w in ((dgamma, wdgamma), (dbeta, wdbeta)):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
+@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
+@pytest.mark.parametrize("shape", [(8192, 256), (16384, 128), (65536, 64), (40007, 33), (2053, 512)])
+def test_column_moments_read_ahead_path(kernels, shape):
+    # float32 x of 4 MiB or more in rows of at most 512 values: the first pass asks for
+    # rows ahead (src/moments.pxd.tp _fetches), a hint only: 1 and 2 threads give the
+    # same bits, and the moments are those of the float64 oracle
+    N, D = shape
+    x = (3.0 + 2.0 * np.random.default_rng(5).standard_normal((N, D))).astype(np.float32)
+    assert x.nbytes >= 4 << 20
+    got = []
+    for n_threads in (1, 2):
+        mean, m2 = np.empty(D), np.empty(D)
+        kernels.column_moments(x, mean, m2, n_threads)
+        got.append((mean, m2))
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(got[0][0], x64.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[0][1], ((x64 - x64.mean(0)) ** 2).sum(0), rtol=1e-10)
