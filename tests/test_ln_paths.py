@@ -220,10 +220,12 @@ def exact_backward(dout, x, mean, inv_std, gamma, ddof):
 
 
 # tile edges of the model: lane tails (D % 16), one row, row groups (half of
-# fewer than 128 rows, 64 from 128 on, a short last group), rows past WIDE_ROW
-# (column tiles of WIDE_TILE, a short last one)
+# fewer than 128 rows, 64 from 128 on, a short last group), rows of PAIRED_ROW
+# (1024) to WIDE_ROW summed two at a time (a group's odd last row alone), rows
+# past WIDE_ROW (column tiles of WIDE_TILE, a short last one)
 MODEL_SHAPES = [(1, 5), (2, 16), (3, 17), (5, 64), (33, 63), (127, 31), (128, 33), (131, 100),
-                (70, 513), (300, 64), (3, 8193), (130, 9216), (1, 10000)]
+                (70, 513), (300, 64), (1, 1024), (3, 1040), (131, 2047), (2, 8192),
+                (3, 8193), (130, 9216), (1, 10000)]
 
 
 @pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
@@ -262,16 +264,17 @@ def test_model_is_the_reference():
         np.testing.assert_allclose(got, w, rtol=1e-10, atol=1e-10)
 
 
-# outputs of 32 MiB and more (src/stream.pxd: DX_STREAM_BYTES) with rows of 256
+# outputs of 8 MiB and more (src/stream.pxd: STREAM_BYTES) with rows of 256
 # and more (STREAM_ROW) store dx past the cache, from each row's first 64-byte
 # line on; odd D puts the rows' starts at every offset within a line
-STREAMED_SHAPES = [((4100, 1025), np.float64), ((8200, 1025), np.float32), ((1024, 8192), np.float32)]
+STREAMED_SHAPES = [((1030, 1025), np.float64), ((2050, 1025), np.float32), ((8200, 1025), np.float32),
+                   ((1024, 8192), np.float32), ((8200, 257), np.float32)]
 
 
 @pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
 @pytest.mark.parametrize("shape, dtype", STREAMED_SHAPES)
 def test_streamed_dx_is_bitwise_the_exact_model(shape, dtype, build):
-    assert shape[0] * shape[1] * np.dtype(dtype).itemsize >= 32 * 1024 * 1024
+    assert shape[0] * shape[1] * np.dtype(dtype).itemsize >= 8 * 1024 * 1024
     x, gamma, dout = _inputs(*shape, dtype, seed=shape[1], offset=-40.0)
     out, stats = np.empty_like(x), np.empty((2, shape[0]))
     build.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, 0, out, stats, 1)

@@ -1,8 +1,8 @@
-"""The forwards' streamed path (src/stream.pxd): outputs of 8 MiB and more, with
-rows of at least 256 values, are stored past the cache. Only where the values
-are stored changes, so every row (layer norm) and every element of a test-mode
-batch norm must be bitwise what the same inputs give on a small array, which
-takes the plain path: on every build, at one and two threads, with out aligned
+"""The streamed path (src/stream.pxd): outputs of 8 MiB and more, with rows of
+at least 256 values, are stored past the cache. Only where the values are
+stored changes, so every row (layer norm's out, layer and RMS norm's dx) and
+every element of a test-mode batch norm must be bitwise what the same inputs
+give on a small array, which takes the plain path: on every build, at one and two threads, with out aligned
 to a cache line or not."""
 
 import numpy as np
@@ -71,6 +71,38 @@ def test_layernorm_streamed_rows_are_the_plain_rows(kernels, dtype, shape, misal
         np.testing.assert_array_equal(out[rows].view(np.uint8), small.view(np.uint8))
         np.testing.assert_array_equal(stats[:, rows], small_stats)
     np.testing.assert_array_equal(out[5], beta)   # the constant row
+
+
+@every_build_dtype_and_shape
+@pytest.mark.parametrize("misalign", [0, 3])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_row_backward_streamed_dx_rows_are_the_plain_rows(kernels, dtype, shape, misalign, norm):
+    # a row's dx depends on that row alone (its statistics and its two sums): the
+    # rows of a streamed dx (a row group one segment) are those of the same rows
+    # on their own, which take the plain path
+    N, D = shape
+    x, gamma, beta = _inputs(N, D, dtype)
+    dout = np.random.default_rng(3).standard_normal((N, D)).astype(dtype)
+    if norm == "layernorm":
+        stats = _ln(kernels, x, gamma, beta, np.empty_like(x), 1)
+        def backward(rows, dx, n_threads):
+            kernels.layernorm_backward(dout[rows], x[rows], stats[0][rows], stats[1][rows], gamma, 0,
+                                       dx, np.empty_like(gamma), np.empty_like(gamma), n_threads)
+    else:
+        rstd = np.empty(N)
+        kernels.rmsnorm_forward(x, gamma, 1e-5, np.empty_like(x), rstd, 1)
+        def backward(rows, dx, n_threads):
+            kernels.rmsnorm_backward(dout[rows], x[rows], rstd[rows], gamma, dx,
+                                     np.empty_like(gamma), n_threads)
+    every = slice(None)
+    rows = [0, 1, 5, N // 2, N - 2, N - 1]
+    small = _out((len(rows), D), dtype, 0)
+    backward(rows, small, 1)
+    assert small.nbytes < STREAM_BYTES <= x.nbytes
+    for n_threads in (1, 2):
+        dx = _out((N, D), dtype, misalign)
+        backward(every, dx, n_threads)
+        np.testing.assert_array_equal(dx[rows].view(np.uint8), small.view(np.uint8))
 
 
 @every_build_dtype_and_shape
