@@ -36,7 +36,7 @@ cdef extern from *:
             for (; j < n; j++) dst[j] = buf[j];                                       \
             return n;                                                                 \
         }                                                                             \
-        memmove(buf, buf + j, (n - j) * sizeof(T));                                   \
+        if (n > j) memmove(buf, buf + j, (n - j) * sizeof(T));  /* no call per line-sized row */ \
         return j;                                                                     \
     }
     #if defined(__AVX__)
@@ -81,6 +81,13 @@ cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexce
     streaming stores: the shape's alone. Rows shorter than STREAM_ROW pay more per
     row in the segment's bookkeeping than the stores save."""
     return N * D * itemsize >= STREAM_BYTES and D >= STREAM_ROW
+
+
+cdef inline bint streams_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
+    """Whether batch norm's (N, D) output (out, dx) is streamed: the shape's alone. A task
+    streams its rows as one contiguous segment, rows narrower than a chunk several to
+    a chunk, so short rows cost no more bookkeeping than long ones (unlike streams)."""
+    return N * D * itemsize >= STREAM_BYTES
 
 
 cdef inline Py_ssize_t rows_per_task(Py_ssize_t D) noexcept nogil:

@@ -197,3 +197,103 @@ def test_groupnorm_streamed_groups_are_the_plain_groups(kernels, dtype, misalign
     want = (g - g.mean(2, keepdims=True) - xh * (g * xh).mean(2, keepdims=True)) / np.sqrt(
         xd.var(2, keepdims=True) + 1e-5)
     np.testing.assert_allclose(results[0][1], want.reshape(N, C, P), **tol)
+
+
+# Batch norm's sweeps (normalize_columns, column_dx) stream rows of any width: a
+# task's rows are one segment, rows narrower than a chunk several to a chunk
+# (src/stream.pxd streams_rows). Rows a whole chunk, a few to a chunk (21 x 3 = 63,
+# 16 x 4), one to a chunk ending mid-line (33), and the wide rows of SHAPES.
+BN_SHAPES = [(32768, 64), (100003, 21), (131072, 16), (70001, 33)] + SHAPES
+
+
+def bn_build_dtype_and_shape(test):
+    test = pytest.mark.parametrize("shape", BN_SHAPES)(test)
+    test = pytest.mark.parametrize("dtype", [np.float32, np.float64])(test)
+    return pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)(test)
+
+
+@bn_build_dtype_and_shape
+@pytest.mark.parametrize("misalign", [0, 5])
+def test_batchnorm_streamed_narrow_sweep_is_the_plain_sweep(kernels, dtype, shape, misalign):
+    N, D = shape
+    x, gamma, beta = _inputs(N, D, dtype)
+    assert x.nbytes >= STREAM_BYTES
+    rng = np.random.default_rng(1)
+    rmean = rng.standard_normal(D).astype(dtype)
+    rvar = rng.uniform(0.5, 2.0, D).astype(dtype)
+    rows = list(range(64)) + [N // 2, N - 3, N - 2, N - 1]
+    small = _out((len(rows), D), dtype, 0)
+    _bn_test_mode(kernels, np.ascontiguousarray(x[rows]), gamma, beta, rmean, rvar, small, 1)
+    for n_threads in (1, 2):
+        out = _out((N, D), dtype, misalign)
+        _bn_test_mode(kernels, x, gamma, beta, rmean, rvar, out, n_threads)
+        np.testing.assert_array_equal(out[rows].view(np.uint8), small.view(np.uint8))
+
+
+@bn_build_dtype_and_shape
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_streamed_dx_is_the_plain_dx(kernels, dtype, shape, train):
+    # dx is element-wise given its column constants: the rows of the streamed dx are
+    # those column_dx gives for the same rows alone (plain stores), with the same sums
+    N, D = shape
+    x, gamma, _ = _inputs(N, D, dtype)
+    dout = np.random.default_rng(3).standard_normal((N, D)).astype(dtype)
+    mean, m2 = np.empty(D), np.empty(D)
+    kernels.column_moments(x, mean, m2, 1)
+    inv_std = 1.0 / np.sqrt(m2 / N + 1e-5)
+    sum_dy, sum_dy_xc = np.empty(D), np.empty(D)
+    kernels.column_grad_sums(dout, x, mean, sum_dy, sum_dy_xc, 1)
+    rows = list(range(64)) + [N // 2, N - 3, N - 2, N - 1]
+    small = _out((len(rows), D), dtype, 0)
+    kernels.column_dx(np.ascontiguousarray(dout[rows]), np.ascontiguousarray(x[rows]), mean, inv_std,
+                      gamma, sum_dy, sum_dy_xc, N, 0, train, small, 1)
+    assert small.nbytes < STREAM_BYTES
+    for n_threads in (1, 2):
+        dx = _out((N, D), dtype, 3)
+        dgamma, dbeta = np.empty(D, dtype), np.empty(D, dtype)
+        kernels.batchnorm_backward(dout, x, mean, inv_std, gamma, train, 0, dx, dgamma, dbeta, n_threads)
+        np.testing.assert_array_equal(dx[rows].view(np.uint8), small.view(np.uint8))
+        np.testing.assert_array_equal(dbeta, sum_dy.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_channels_last_batchnorm_matches_the_float64_oracle(dtype):
+    # 64x64x32x32 channels-last: the (65536, 64) matrix, out and dx streamed
+    import fastnorm as fn
+    from fastnorm import reference as ref
+    rng = np.random.default_rng(4)
+    x = (3.0 + 2.0 * rng.standard_normal((64, 32, 32, 64))).astype(dtype).transpose(0, 3, 1, 2)
+    dout = rng.standard_normal((64, 32, 32, 64)).astype(dtype).transpose(0, 3, 1, 2)
+    gamma, beta = rng.standard_normal(64).astype(dtype), rng.standard_normal(64).astype(dtype)
+    out, cache = fn.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    dx, dgamma, dbeta = fn.spatial_batchnorm_backward(dout, cache)
+    assert x.nbytes >= STREAM_BYTES and dx.transpose(0, 2, 3, 1).flags.c_contiguous
+    x64, g64, b64, d64 = (a.astype(np.float64) for a in (x, gamma, beta, dout))
+    want, rcache = ref.spatial_batchnorm_forward(x64, g64, b64, {"mode": "train"})
+    wdx, wdgamma, wdbeta = ref.spatial_batchnorm_backward(d64, rcache)
+    tol = 1e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(out, want, rtol=0, atol=tol * np.abs(want).max())
+    np.testing.assert_allclose(dx, wdx, rtol=0, atol=tol * np.abs(wdx).max())
+    for g, w in ((dgamma, wdgamma), (dbeta, wdbeta)):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
+@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
+@pytest.mark.parametrize("shape", [(8192, 256), (16384, 128), (65536, 64), (40007, 33), (2053, 512)])
+def test_column_moments_read_ahead_path(kernels, shape):
+    # float32 x of 4 MiB or more in rows of at most 512 values: the first pass asks for
+    # rows ahead (src/moments.pxd.tp _fetches), a hint only: 1 and 2 threads give the
+    # same bits, and the moments are those of the float64 oracle
+    N, D = shape
+    x = (3.0 + 2.0 * np.random.default_rng(5).standard_normal((N, D))).astype(np.float32)
+    assert x.nbytes >= 4 << 20
+    got = []
+    for n_threads in (1, 2):
+        mean, m2 = np.empty(D), np.empty(D)
+        kernels.column_moments(x, mean, m2, n_threads)
+        got.append((mean, m2))
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(got[0][0], x64.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[0][1], ((x64 - x64.mean(0)) ** 2).sum(0), rtol=1e-10)
