@@ -48,11 +48,16 @@ def _bn_test_mode(kernels, x, gamma, beta, rmean, rvar, out, n_threads):
 SHAPES = [(2048, 1024), (2053, 1031), (257, 8200)]
 
 
-def every_build_dtype_and_shape(test):
-    """The streamed cases: each build this CPU runs, both dtypes, every shape of SHAPES."""
-    test = pytest.mark.parametrize("shape", SHAPES)(test)
-    test = pytest.mark.parametrize("dtype", [np.float32, np.float64])(test)
-    return pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)(test)
+def every_build_and_dtype(shapes):
+    """The streamed cases: each build this CPU runs, both dtypes, every shape of shapes."""
+    def cases(test):
+        test = pytest.mark.parametrize("shape", shapes)(test)
+        test = pytest.mark.parametrize("dtype", [np.float32, np.float64])(test)
+        return pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)(test)
+    return cases
+
+
+every_build_dtype_and_shape = every_build_and_dtype(SHAPES)
 
 
 @every_build_dtype_and_shape
@@ -205,11 +210,7 @@ def test_groupnorm_streamed_groups_are_the_plain_groups(kernels, dtype, misalign
 # 16 x 4), one to a chunk ending mid-line (33), and the wide rows of SHAPES.
 BN_SHAPES = [(32768, 64), (100003, 21), (131072, 16), (70001, 33)] + SHAPES
 
-
-def bn_build_dtype_and_shape(test):
-    test = pytest.mark.parametrize("shape", BN_SHAPES)(test)
-    test = pytest.mark.parametrize("dtype", [np.float32, np.float64])(test)
-    return pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)(test)
+bn_build_dtype_and_shape = every_build_and_dtype(BN_SHAPES)
 
 
 @bn_build_dtype_and_shape
