@@ -1,7 +1,9 @@
 # Which build this is and what the machine runs (part of _kernels.pyx): the
-# instruction-set level the copy was compiled for, the CPU's levels, OpenMP.
+# instruction-set level the copy was compiled for, the CPU's levels, OpenMP; and
+# the one setting of the kernels that moves only time, the streaming threshold.
 
 from _parallel cimport FASTNORM_HAVE_OPENMP, FASTNORM_SOURCE_HASH, omp_get_max_threads
+from stream cimport stream_bytes as _stream_bytes
 
 cdef extern from *:
     """
@@ -67,3 +69,13 @@ def max_threads():
     return omp_get_max_threads()
 
 
+
+
+def set_stream_bytes(Py_ssize_t n):
+    """Outputs of n bytes or more are written past the cache (streaming stores) from
+    now on, in this build's copy of the kernels; returns the threshold it replaces
+    (2 MiB at import). Results are bitwise the same for any n: for tests and timings."""
+    global _stream_bytes
+    cdef Py_ssize_t previous = _stream_bytes
+    _stream_bytes = n
+    return previous

@@ -51,6 +51,11 @@ cdef extern from *:
     FASTNORM_STREAM_LINES(float, FASTNORM_PLAIN, FASTNORM_LOAD, 1)
     FASTNORM_STREAM_LINES(double, FASTNORM_PLAIN, FASTNORM_LOAD, 1)
     #endif
+    /* Outputs of this many bytes and more are streamed (streams, streams_rows): past
+       the 2 MiB of a server core's L2, which they and their input no longer share
+       (docs/performance.md). Set from Python by set_stream_bytes; the same bits
+       whatever it is, since only where the values are stored changes. */
+    static Py_ssize_t fastnorm_stream_bytes = (Py_ssize_t) 2 << 20;
     /* Streaming stores are weakly ordered: a task fences its own before it ends, so
        that they are visible when the caller (or another thread) reads out. */
     static inline void fastnorm_store_fence(void) {
@@ -64,10 +69,10 @@ cdef extern from *:
     Py_ssize_t _lines_double "fastnorm_stream_lines_double"(double* dst, double* buf, Py_ssize_t n,
                                                             bint last) noexcept nogil
     void store_fence "fastnorm_store_fence"() noexcept nogil
+    Py_ssize_t stream_bytes "fastnorm_stream_bytes"   # outputs of this size on are streamed
 
 
 cdef enum:
-    STREAM_BYTES = 8 << 20   # outputs from this size on are streamed: well past L2 (1 MiB a core)
     STREAM_CHUNK = 128       # values computed into L1 at a time: 8 or 16 lines, so that the
                              # loads of the next chunk overlap the stores of this one
                              # (64 measured 3-11% slower on the Zen 4, 256 lost on float64)
@@ -78,16 +83,17 @@ cdef enum:
 
 cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
     """Whether an (N, D) output (a forward's out, layer norm's dx) is written with
-    streaming stores: the shape's alone. Rows shorter than STREAM_ROW pay more per
+    streaming stores: its size against stream_bytes, its rows' length. Rows shorter than STREAM_ROW pay more per
     row in the segment's bookkeeping than the stores save."""
-    return N * D * itemsize >= STREAM_BYTES and D >= STREAM_ROW
+    return N * D * itemsize >= stream_bytes and D >= STREAM_ROW
 
 
 cdef inline bint streams_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
-    """Whether batch norm's (N, D) output (out, dx) is streamed: the shape's alone. A task
+    """Whether batch norm's (N, D) output (out, dx) is streamed: its size against
+    stream_bytes. A task
     streams its rows as one contiguous segment, rows narrower than a chunk several to
     a chunk, so short rows cost no more bookkeeping than long ones (unlike streams)."""
-    return N * D * itemsize >= STREAM_BYTES
+    return N * D * itemsize >= stream_bytes
 
 
 cdef inline Py_ssize_t rows_per_task(Py_ssize_t D) noexcept nogil:

@@ -264,7 +264,7 @@ def test_model_is_the_reference():
         np.testing.assert_allclose(got, w, rtol=1e-10, atol=1e-10)
 
 
-# outputs of 8 MiB and more (src/stream.pxd: STREAM_BYTES) with rows of 256
+# outputs of 2 MiB and more (src/stream.pxd: stream_bytes) with rows of 256
 # and more (STREAM_ROW) store dx past the cache, from each row's first 64-byte
 # line on; odd D puts the rows' starts at every offset within a line
 STREAMED_SHAPES = [((1030, 1025), np.float64), ((2050, 1025), np.float32), ((8200, 1025), np.float32),
