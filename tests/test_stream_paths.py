@@ -187,6 +187,36 @@ def test_streamed_forwards_match_the_float64_oracle(dtype):
     np.testing.assert_allclose(out, (xd - mu) / np.sqrt(var + 1e-5) * gamma + beta, **tol)
 
 
+# Spatial batch norm on NCHW streams planes of 256 values or more: a segment per
+# sample and channel block (contiguous planes), planes of an odd length ending
+# mid-line, channel blocks of one plane (P = 4099) and of several (P = 257).
+@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 6, 4099), (9, 40, 257), (4, 70, 1024)])
+@pytest.mark.parametrize("misalign", [0, 3])
+def test_spatial_batchnorm_streamed_planes_are_the_plain_planes(kernels, dtype, shape, misalign):
+    rng = np.random.default_rng(6)
+    N, C, P = shape
+    x = (3.0 + 2.0 * rng.standard_normal(shape)).astype(dtype)
+    x[:, 1] = 5.0   # a constant channel: beta exactly
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    zeros, ones = np.zeros(C, dtype), np.ones(C, dtype)
+
+    def run(n_threads):
+        out, stats, running = _out(shape, dtype, misalign), np.empty((2, C)), np.empty((2, C), dtype)
+        kernels.spatial_batchnorm_forward(x, gamma, beta, zeros, ones, True, 0.9, 1e-5, 0, out,
+                                          stats, running, n_threads)
+        dx, dgamma, dbeta = _out(shape, dtype, misalign), np.empty(C, dtype), np.empty(C, dtype)
+        kernels.spatial_batchnorm_backward(dout, x, stats[0], stats[1], gamma, True, 0, dx,
+                                           dgamma, dbeta, n_threads)
+        return out, stats, running, dx, dgamma, dbeta
+
+    results = plain_and_streamed(kernels, run)
+    assert_bitwise(results)
+    np.testing.assert_array_equal(results[1][0][:, 1], np.full((N, P), beta[1]))
+
+
 def _gn(kernels, x, gamma, beta, G, out, dout, dx, n_threads):
     """Group norm's forward, then its backward, on the raw kernels: out, dx, the
     per-group statistics, dgamma and dbeta."""
