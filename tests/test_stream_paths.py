@@ -232,10 +232,10 @@ def _gn(kernels, x, gamma, beta, G, out, dout, dx, n_threads):
 @pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
 @pytest.mark.parametrize("misalign", [0, 3])
 @pytest.mark.parametrize("dtype, N, P, threshold", [
-    (np.float32, 9, 4099, STREAMED), (np.float64, 9, 2053, STREAMED),
+    (np.float32, 9, 4099, STREAMED), (np.float64, 9, 2053, STREAMED), (np.float32, 9, 1025, STREAMED),
     (np.float64, 263, 1001, DEFAULT_STREAM_BYTES)])
 def test_groupnorm_streamed_groups_are_the_plain_groups(kernels, dtype, misalign, N, P, threshold):
-    # group rows of 32 KiB and more (here 2 planes of P values) are streamed (forward
+    # group rows of 8 KiB and more (here 2 planes of P values) are streamed (forward
     # out, backward dx), and the forward's float64 out of 16 MiB or more (below
     # 32 MiB) in shorter rows (P = 1001, at the default threshold); planes of an odd
     # length end mid-line
@@ -245,7 +245,7 @@ def test_groupnorm_streamed_groups_are_the_plain_groups(kernels, dtype, misalign
     x[1, :C // G] = 7.0   # a constant group: beta exactly
     dout = rng.standard_normal((N, C, P)).astype(dtype)
     gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
-    assert C // G * P * x.itemsize >= 32 << 10 or (x.itemsize == 8 and 16 << 20 <= x.nbytes < 32 << 20)
+    assert C // G * P * x.itemsize >= 8 << 10 or (x.itemsize == 8 and 16 << 20 <= x.nbytes < 32 << 20)
 
     def run(n_threads):
         return _gn(kernels, x, gamma, beta, G, _out(x.shape, dtype, misalign), dout,
