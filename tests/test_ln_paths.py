@@ -220,11 +220,12 @@ def exact_backward(dout, x, mean, inv_std, gamma, ddof):
 
 
 # tile edges of the model: lane tails (D % 16), one row, row groups (half of
-# fewer than 128 rows, 64 from 128 on, a short last group), rows of PAIRED_ROW
+# fewer than 128 rows, 64 from 128 on, a short last group), rows narrower than
+# 256 in pairs (src/ln_narrow.pxd; an odd group's last row alone), rows of PAIRED_ROW
 # (1024) to WIDE_ROW summed two at a time (a group's odd last row alone), rows
 # past WIDE_ROW (column tiles of WIDE_TILE, a short last one)
 MODEL_SHAPES = [(1, 5), (2, 16), (3, 17), (5, 64), (33, 63), (127, 31), (128, 33), (131, 100),
-                (70, 513), (300, 64), (1, 1024), (3, 1040), (131, 2047), (2, 8192),
+                (67, 255), (70, 513), (300, 64), (1, 1024), (3, 1040), (131, 2047), (2, 8192),
                 (3, 8193), (130, 9216), (1, 10000)]
 
 
@@ -266,9 +267,11 @@ def test_model_is_the_reference():
 
 # outputs of 2 MiB and more (src/stream.pxd: stream_bytes) with rows of 256
 # and more (STREAM_ROW) store dx past the cache, from each row's first 64-byte
-# line on; odd D puts the rows' starts at every offset within a line
+# line on; odd D puts the rows' starts at every offset within a line; rows
+# narrower than 256 (src/ln_narrow.pxd) stream several rows to a chunk
 STREAMED_SHAPES = [((1030, 1025), np.float64), ((2050, 1025), np.float32), ((8200, 1025), np.float32),
-                   ((1024, 8192), np.float32), ((8200, 257), np.float32)]
+                   ((1024, 8192), np.float32), ((8200, 257), np.float32), ((32771, 65), np.float32),
+                   ((16401, 64), np.float64)]
 
 
 @pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)

@@ -74,6 +74,10 @@ def every_build_and_dtype(shapes):
 # rows ending mid-line (odd D), rows that are no chunk's multiple, several tasks
 # each (the backward streams rows of at most WIDE_ROW, 8192, values).
 ROW_SHAPES = [(130, 1024), (70, 1031), (17, 8000), (300, 256)]
+# The backward streams narrower rows too (src/ln_narrow.pxd), several to a chunk
+# (streams_rows): a line's multiple, rows ending mid-line, a chunk's multiple,
+# the widest, with odd row counts (a group's last row alone).
+NARROW_SHAPES = [(300, 64), (131, 33), (129, 16), (71, 255)]
 
 
 @pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
@@ -99,7 +103,7 @@ def test_layernorm_streamed_forward_is_the_plain_forward(kernels, dtype, shape, 
     np.testing.assert_array_equal(results[1][0][5], beta)   # the constant row
 
 
-@every_build_and_dtype(ROW_SHAPES)
+@every_build_and_dtype(ROW_SHAPES + NARROW_SHAPES)
 @pytest.mark.parametrize("misalign", [0, 3])
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 def test_row_backward_streamed_dx_is_the_plain_dx(kernels, dtype, shape, misalign, norm):
