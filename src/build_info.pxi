@@ -69,8 +69,6 @@ def max_threads():
     return omp_get_max_threads()
 
 
-
-
 def set_stream_bytes(Py_ssize_t n):
     """Outputs of n bytes or more are written past the cache (streaming stores) from
     now on, in this build's copy of the kernels; returns the threshold it replaces

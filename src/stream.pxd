@@ -83,16 +83,17 @@ cdef enum:
 
 cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
     """Whether an (N, D) output (a forward's out, layer norm's dx) is written with
-    streaming stores: its size against stream_bytes, its rows' length. Rows shorter than STREAM_ROW pay more per
-    row in the segment's bookkeeping than the stores save."""
+    streaming stores: its size against stream_bytes, and its rows' length (rows
+    shorter than STREAM_ROW pay more per row in the segment's bookkeeping than the
+    stores save)."""
     return N * D * itemsize >= stream_bytes and D >= STREAM_ROW
 
 
 cdef inline bint streams_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
     """Whether batch norm's (N, D) output (out, dx) is streamed: its size against
-    stream_bytes. A task
-    streams its rows as one contiguous segment, rows narrower than a chunk several to
-    a chunk, so short rows cost no more bookkeeping than long ones (unlike streams)."""
+    stream_bytes. A task streams its rows as one contiguous segment, rows narrower
+    than a chunk several to a chunk, so short rows cost no more bookkeeping than long
+    ones (unlike streams)."""
     return N * D * itemsize >= stream_bytes
 
 
