@@ -156,3 +156,37 @@ def test_every_level_gives_bitwise_the_baseline_results(build, shape, dtype):
     dout = rng.standard_normal(shape).astype(dtype)
     for a, b in zip(_every_op(BASELINE, x, gamma, beta, dout, 2), _every_op(build, x, gamma, beta, dout, 2)):
         np.testing.assert_array_equal(a, b)
+
+
+def _row_walks(kernels, x, G, n_threads):
+    """Layer norm over x's rows and group norm over x as (N, C, P) with G groups: the
+    forwards whose row moments walk the rows in turn (a row's squares with the next
+    row's sum, src/moments.pxd.tp row_moments_ahead)."""
+    N, C, P = x.shape
+    rows = x.reshape(N, C * P)
+    gamma_d, gamma_c = (np.linspace(-2, 2, n).astype(x.dtype) for n in (C * P, C))
+    out, stats = np.empty_like(rows), np.empty((2, N))
+    kernels.layernorm_forward(rows, gamma_d, gamma_d[::-1].copy(), 1e-5, 0, out, stats, n_threads)
+    gout, gstats = np.empty_like(x), np.empty((2, N * G))
+    kernels.groupnorm_forward(x, gamma_c, gamma_c[::-1].copy(), G, 1e-5, gout, gstats, n_threads)
+    return out, stats, gout, gstats
+
+
+@pytest.mark.parametrize("build", RUNNABLE[1:], ids=lambda m: m.ISA)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, G", [
+    ((5, 1, 127), 1),      # rows just short of the vector lanes of float32 rows (F32_VECTOR_ROW)
+    ((5, 1, 128), 1),      # the first such rows, no tail
+    ((3, 4, 75), 2),       # 300 values a row: a tail of 12 after the lanes; group rows of 150
+    ((33, 2, 520), 2),     # 34320 values: two threads, an odd number of rows each
+    ((1, 4, 9216), 1),     # one group row for two threads: the second takes none
+])
+def test_row_walks_give_the_baseline_bits_on_every_level(build, shape, G, dtype):
+    rng = np.random.default_rng(shape[2])
+    x = (1e3 + 2.0 * rng.standard_normal(shape)).astype(dtype)
+    x[-1] = dtype(1e3 + 0.25)   # a constant last row: its mean exactly, m2 == 0
+    for n_threads in (1, 2):
+        want = _row_walks(BASELINE, x, G, n_threads)
+        for a, b in zip(want, _row_walks(build, x, G, n_threads)):
+            np.testing.assert_array_equal(a, b)
+        assert np.all(want[1][1, -1] == 1 / np.sqrt(1e-5))   # the constant row's inv_std
