@@ -190,3 +190,24 @@ def test_row_walks_give_the_baseline_bits_on_every_level(build, shape, G, dtype)
         for a, b in zip(want, _row_walks(build, x, G, n_threads)):
             np.testing.assert_array_equal(a, b)
         assert np.all(want[1][1, -1] == 1 / np.sqrt(1e-5))   # the constant row's inv_std
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, G", [
+    ((7, 2, 100), 2),      # a walk in cache: each row's squares with the next row's sum
+    ((130, 2, 2050), 1),   # 4.2 MB of float64: rows from memory, a float64 walk reads each alone
+])
+def test_a_row_in_a_walk_is_the_row_alone(shape, G, dtype):
+    """Layer norm and group norm rows are independent: a row's results in a call over
+    many rows are bitwise those of the row alone, whichever way the walk sums them."""
+    rng = np.random.default_rng(3)
+    offsets = 100.0 * np.arange(shape[0]).reshape(-1, 1, 1)   # each row's mean far from the last's
+    x = (offsets + rng.standard_normal(shape)).astype(dtype)
+    kernels = _build.load_kernels()
+    whole = _row_walks(kernels, x, G, 2)
+    for i in (0, 1, shape[0] // 2, shape[0] - 1):
+        alone = _row_walks(kernels, x[i:i + 1].copy(), G, 1)
+        np.testing.assert_array_equal(whole[0][i], alone[0][0])
+        np.testing.assert_array_equal(whole[1][:, i], alone[1][:, 0])
+        np.testing.assert_array_equal(whole[2][i], alone[2][0])
+        np.testing.assert_array_equal(whole[3][:, i * G:(i + 1) * G], alone[3])
