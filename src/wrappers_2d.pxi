@@ -62,7 +62,8 @@ def adam_update(const floating[::1] w, const floating[::1] dw, const floating[::
                 const floating[::1] v, double lr, double beta1, double beta2,
                 double bias1, double bias2, double eps, floating[::1] next_w,
                 floating[::1] m_out, floating[::1] v_out):
-    # every array flat (n,); the doubles are rounded to w's dtype here, once
+    # every array flat (n,), the outputs new ones (marked restrict in the kernel: they
+    # overlap no input); the doubles are rounded to w's dtype here, once
     with nogil:
         adam_step(w, dw, m, v, <floating> lr, <floating> beta1, <floating> (1 - beta1),
                   <floating> beta2, <floating> (1 - beta2), <floating> bias1,
