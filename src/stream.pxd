@@ -81,20 +81,23 @@ cdef enum:
     STREAM_ROW = 256         # rows (or row pieces) streamed have at least this many values
 
 
-cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
+cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize,
+                         Py_ssize_t times=1) noexcept nogil:
     """Whether an (N, D) output (a forward's out, layer norm's dx) is written with
-    streaming stores: its size against stream_bytes, and its rows' length (rows
-    shorter than STREAM_ROW pay more per row in the segment's bookkeeping than the
-    stores save)."""
-    return N * D * itemsize >= stream_bytes and D >= STREAM_ROW
+    streaming stores: its size against `times` stream_bytes, and its rows' length
+    (rows shorter than STREAM_ROW pay more per row in the segment's bookkeeping
+    than the stores save)."""
+    return streams_rows(N, D, itemsize, times) and D >= STREAM_ROW
 
 
-cdef inline bint streams_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize) noexcept nogil:
+cdef inline bint streams_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize,
+                              Py_ssize_t times=1) noexcept nogil:
     """Whether batch norm's (N, D) output (out, dx) is streamed: its size against
-    stream_bytes. A task streams its rows as one contiguous segment, rows narrower
-    than a chunk several to a chunk, so short rows cost no more bookkeeping than long
-    ones (unlike streams)."""
-    return N * D * itemsize >= stream_bytes
+    `times` stream_bytes (divided by times, never stream_bytes multiplied: it may be
+    set to any size). A task streams its rows as one contiguous segment, rows
+    narrower than a chunk several to a chunk, so short rows cost no more
+    bookkeeping than long ones (unlike streams)."""
+    return N * D * itemsize // times >= stream_bytes
 
 
 cdef inline Py_ssize_t rows_per_task(Py_ssize_t D) noexcept nogil:
