@@ -222,8 +222,8 @@ def exact_backward(dout, x, mean, inv_std, gamma, ddof):
 # tile edges of the model: lane tails (D % 16), one row, row groups (half of
 # fewer than 128 rows, 64 from 128 on, a short last group), rows narrower than
 # 256 in pairs (src/ln_narrow.pxd; an odd group's last row alone), rows of PAIRED_ROW
-# (1024) to WIDE_ROW summed two at a time (a group's odd last row alone), rows
-# past WIDE_ROW (column tiles of WIDE_TILE, a short last one)
+# (1024) to WIDE_ROW summed two at a time, float64 rows from 256 on too (a group's
+# odd last row alone), rows past WIDE_ROW (column tiles of WIDE_TILE, a short last one)
 MODEL_SHAPES = [(1, 5), (2, 16), (3, 17), (5, 64), (33, 63), (127, 31), (128, 33), (131, 100),
                 (67, 255), (70, 513), (300, 64), (1, 1024), (3, 1040), (131, 2047), (2, 8192),
                 (3, 8193), (130, 9216), (1, 10000)]
@@ -263,6 +263,28 @@ def test_model_is_the_reference():
     for got, w in zip(exact_backward(dout, x, mean, inv_std, gamma, 0),
                       ref.layernorm_backward(dout, cache)):
         np.testing.assert_allclose(got, w, rtol=1e-10, atol=1e-10)
+
+
+# arrays of 4 MiB and more (src/layernorm.pxd: pair_walk): rows of 512 values and
+# more walk in pairs asking for the pairs 8 KiB on (none past the last row, an odd
+# last row alone), narrower rows alone; and float64 rows of 256-1023 in cache in pairs
+FETCHED_SHAPES = [((2049, 520), np.float32), ((1031, 515), np.float64), ((1025, 1030), np.float32),
+                  ((4098, 257), np.float32), ((2050, 300), np.float64), ((129, 384), np.float64)]
+
+
+@pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
+@pytest.mark.parametrize("shape, dtype", FETCHED_SHAPES)
+def test_paired_and_fetched_walks_are_bitwise_the_exact_model(shape, dtype, build):
+    x, gamma, dout = _inputs(*shape, dtype, seed=shape[0], offset=-40.0)
+    out, stats = np.empty_like(x), np.empty((2, shape[0]))
+    build.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, 1, out, stats, 1)
+    mean, inv_std = stats
+    want = exact_backward(dout, x, mean, inv_std, gamma, 1)
+    for n_threads in (1, 2):
+        got = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
+        build.layernorm_backward(dout, x, mean, inv_std, gamma, 1, *got, n_threads)
+        for g, w, name in zip(got, want, ("dx", "dgamma", "dbeta")):
+            np.testing.assert_array_equal(g, w, err_msg=f"{name} threads={n_threads}")
 
 
 # dx stored past the cache, from each row's first 64-byte line on (by default
