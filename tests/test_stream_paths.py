@@ -316,3 +316,29 @@ def test_column_moments_read_ahead_path(kernels, shape):
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(got[0][0], x64.mean(0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got[0][1], ((x64 - x64.mean(0)) ** 2).sum(0), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape, G", [((9, 64, 1024), 32), ((131, 32, 128), 8)])
+def test_groupnorm_float64_walk_from_memory(shape, G):
+    # float64 x of 4 MiB or more: group rows walk unpaired, each row's first 4 KiB
+    # asked for before the squares of the row before it (src/moments.pxd.tp row_m2),
+    # a hint only: every build and thread count gives the bits of the baseline build
+    # at one thread, and the float64 oracle's values
+    from fastnorm import reference as ref
+    x = 5.0 + 3.0 * np.random.default_rng(8).standard_normal(shape)
+    assert x.nbytes >= 4 << 20
+    C = shape[1]
+    gamma, beta = np.linspace(0.5, 2.0, C), np.linspace(-1.0, 1.0, C)
+    got = {}
+    for kernels in RUNNABLE:
+        for n_threads in (1, 2):
+            out, stats = np.empty_like(x), np.empty((2, shape[0] * G))
+            kernels.groupnorm_forward(x, gamma, beta, G, 1e-5, out, stats, n_threads)
+            got[kernels.ISA, n_threads] = out, stats
+    first_out, first_stats = got[RUNNABLE[0].ISA, 1]
+    for out, stats in got.values():
+        np.testing.assert_array_equal(out, first_out)
+        np.testing.assert_array_equal(stats, first_stats)
+    want, _ = ref.spatial_groupnorm_forward(x.reshape(*shape[:2], 32, -1), gamma.reshape(1, C, 1, 1),
+                                            beta.reshape(1, C, 1, 1), G, {"eps": 1e-5})
+    np.testing.assert_allclose(first_out, want.reshape(shape), rtol=0, atol=1e-12)
