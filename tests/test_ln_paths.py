@@ -272,19 +272,30 @@ FETCHED_SHAPES = [((2049, 520), np.float32), ((1031, 515), np.float64), ((1025, 
                   ((4098, 257), np.float32), ((2050, 300), np.float64), ((129, 384), np.float64)]
 
 
+def _backward_is_the_exact_model(build, shape, dtype, seed, ddof, stream_bytes=None):
+    """build's backward (the exact forward's statistics) bitwise the exact model at 1
+    and 2 threads; stream_bytes: the streaming threshold it runs at (None: as set)."""
+    x, gamma, dout = _inputs(*shape, dtype, seed=seed, offset=-40.0)
+    out, stats = np.empty_like(x), np.empty((2, shape[0]))
+    build.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, ddof, out, stats, 1)
+    mean, inv_std = stats
+    want = exact_backward(dout, x, mean, inv_std, gamma, ddof)
+    for n_threads in (1, 2):
+        got = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
+        previous = build.set_stream_bytes(stream_bytes) if stream_bytes is not None else None
+        try:
+            build.layernorm_backward(dout, x, mean, inv_std, gamma, ddof, *got, n_threads)
+        finally:
+            if previous is not None:
+                build.set_stream_bytes(previous)
+        for g, w, name in zip(got, want, ("dx", "dgamma", "dbeta")):
+            np.testing.assert_array_equal(g, w, err_msg=f"{name} threads={n_threads}")
+
+
 @pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
 @pytest.mark.parametrize("shape, dtype", FETCHED_SHAPES)
 def test_paired_and_fetched_walks_are_bitwise_the_exact_model(shape, dtype, build):
-    x, gamma, dout = _inputs(*shape, dtype, seed=shape[0], offset=-40.0)
-    out, stats = np.empty_like(x), np.empty((2, shape[0]))
-    build.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, 1, out, stats, 1)
-    mean, inv_std = stats
-    want = exact_backward(dout, x, mean, inv_std, gamma, 1)
-    for n_threads in (1, 2):
-        got = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
-        build.layernorm_backward(dout, x, mean, inv_std, gamma, 1, *got, n_threads)
-        for g, w, name in zip(got, want, ("dx", "dgamma", "dbeta")):
-            np.testing.assert_array_equal(g, w, err_msg=f"{name} threads={n_threads}")
+    _backward_is_the_exact_model(build, shape, dtype, seed=shape[0], ddof=1)
 
 
 # dx stored past the cache, from each row's first 64-byte line on (by default
@@ -300,17 +311,4 @@ STREAMED_SHAPES = [((1030, 1025), np.float64), ((2050, 1025), np.float32), ((820
 @pytest.mark.parametrize("build", RUNNABLE, ids=lambda m: m.ISA)
 @pytest.mark.parametrize("shape, dtype", STREAMED_SHAPES)
 def test_streamed_dx_is_bitwise_the_exact_model(shape, dtype, build):
-    x, gamma, dout = _inputs(*shape, dtype, seed=shape[1], offset=-40.0)
-    out, stats = np.empty_like(x), np.empty((2, shape[0]))
-    build.layernorm_forward(x, gamma, np.zeros_like(gamma), 1e-5, 0, out, stats, 1)
-    mean, inv_std = stats
-    want = exact_backward(dout, x, mean, inv_std, gamma, 0)
-    for n_threads in (1, 2):
-        got = np.empty_like(x), np.empty_like(gamma), np.empty_like(gamma)
-        previous = build.set_stream_bytes(0)
-        try:
-            build.layernorm_backward(dout, x, mean, inv_std, gamma, 0, *got, n_threads)
-        finally:
-            build.set_stream_bytes(previous)
-        for g, w, name in zip(got, want, ("dx", "dgamma", "dbeta")):
-            np.testing.assert_array_equal(g, w, err_msg=f"{name} threads={n_threads}")
+    _backward_is_the_exact_model(build, shape, dtype, seed=shape[1], ddof=0, stream_bytes=0)
