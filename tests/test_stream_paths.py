@@ -297,22 +297,25 @@ def test_streamed_channels_last_batchnorm_matches_the_float64_oracle(dtype):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
 
 
-@pytest.mark.parametrize("kernels", RUNNABLE, ids=lambda k: k.ISA)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(8192, 256), (16384, 128), (65536, 64), (40007, 33), (2053, 512)])
-def test_column_moments_read_ahead_path(kernels, shape):
-    # float32 x of 4 MiB or more in rows of at most 512 values: the first pass asks for
-    # rows ahead (src/moments.pxd.tp _fetches), a hint only: 1 and 2 threads give the
-    # same bits, and the moments are those of the float64 oracle
+def test_column_moments_asking_for_the_next_tile(dtype, shape):
+    # x of 4 MiB or more in rows of at most 512 values: each tile's second pass asks
+    # for the next tile's rows (src/moments.pxd.tp _asks_next), a hint only, up to the
+    # last row (40007: a last tile of 7 rows, 2053: of 5): every build and thread count
+    # gives the bits of the baseline build at one thread, and the float64 oracle's values
     N, D = shape
-    x = (3.0 + 2.0 * np.random.default_rng(5).standard_normal((N, D))).astype(np.float32)
-    assert x.nbytes >= 4 << 20
+    x = (3.0 + 2.0 * np.random.default_rng(5).standard_normal((N, D))).astype(dtype)
+    assert 4 << 20 <= x.nbytes
     got = []
-    for n_threads in (1, 2):
-        mean, m2 = np.empty(D), np.empty(D)
-        kernels.column_moments(x, mean, m2, n_threads)
-        got.append((mean, m2))
-    np.testing.assert_array_equal(got[0][0], got[1][0])
-    np.testing.assert_array_equal(got[0][1], got[1][1])
+    for kernels in RUNNABLE:
+        for n_threads in (1, 2):
+            mean, m2 = np.empty(D), np.empty(D)
+            kernels.column_moments(x, mean, m2, n_threads)
+            got.append((mean, m2))
+    for mean, m2 in got[1:]:
+        np.testing.assert_array_equal(mean, got[0][0])
+        np.testing.assert_array_equal(m2, got[0][1])
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(got[0][0], x64.mean(0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got[0][1], ((x64 - x64.mean(0)) ** 2).sum(0), rtol=1e-10)
