@@ -17,22 +17,19 @@ cdef extern from *:
 
 
 cdef inline void prefetch_rows(const floating* x, Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
-                               Py_ssize_t w) noexcept nogil:
-    """Asks for the lines of rows r0..r1 of the w values at x (row stride D) in cache."""
+                               Py_ssize_t w, bint l2=False) noexcept nogil:
+    """Asks for the lines of rows r0..r1 of the w values at x (row stride D) in cache:
+    in every level, or where l2 in L2 and below (for a loop that works in L1 meanwhile)."""
     cdef Py_ssize_t i, j, step = 64 // sizeof(floating)
     for i in range(r0, r1):
         j = 0
         while j < w:
-            prefetch(x + i * D + j)
+            if l2:
+                prefetch_l2(x + i * D + j)
+            else:
+                prefetch(x + i * D + j)
             j += step
-        prefetch(x + i * D + w - 1)   # the last line, where the row is not line-aligned
-
-
-cdef inline void prefetch_span_l2(const void* start, Py_ssize_t n_bytes) noexcept nogil:
-    """Asks for the lines of n_bytes from start in L2 (not L1: the loop asking works there)."""
-    cdef const char* p = <const char*> start
-    cdef Py_ssize_t k
-    for k in range(0, n_bytes, 64):
-        prefetch_l2(p + k)
-    if n_bytes > 0:
-        prefetch_l2(p + n_bytes - 1)   # the last line, where start is not line-aligned
+        if l2:   # the last line, where the row is not line-aligned
+            prefetch_l2(x + i * D + w - 1)
+        else:
+            prefetch(x + i * D + w - 1)

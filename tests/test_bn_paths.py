@@ -115,11 +115,11 @@ def test_model_is_the_reference_backward():
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
 
 
-# float32 arrays of 4 MiB or more in rows of 128 to 256 values: the column sums ask for
-# the rows ahead of the ones they add (hints only: the same bits), here up to the
-# array's end, across row blocks and an odd last row
+# float32 arrays of 4 MiB or more in rows of 64 to 256 values: the column sums ask for
+# the rows ahead of the ones they add into L2 (hints only: the same bits), here up to
+# the array's end, across row blocks and an odd last row
 @pytest.mark.parametrize("build", BUILDS, ids=lambda m: m.ISA)
-@pytest.mark.parametrize("shape", [(4097, 256), (8193, 128)])
+@pytest.mark.parametrize("shape", [(4097, 256), (8193, 128), (16385, 64)])
 def test_backward_reading_ahead_is_bitwise_the_exact_model(shape, build):
     args = _case(*shape, np.float32, seed=shape[1])
     want = exact_backward(*args, True, 0)
