@@ -265,11 +265,12 @@ def test_model_is_the_reference():
         np.testing.assert_allclose(got, w, rtol=1e-10, atol=1e-10)
 
 
-# arrays of 4 MiB and more (src/layernorm.pxd: pair_walk): rows of 512 values and
+# arrays of 4 MiB and more (src/layernorm.pxd: pair_walk): rows of 256 values and
 # more walk in pairs asking for the pairs 8 KiB on (none past the last row, an odd
-# last row alone), narrower rows alone; and float64 rows of 256-1023 in cache in pairs
+# last row alone); and float64 rows of 256-1023 in cache in pairs
 FETCHED_SHAPES = [((2049, 520), np.float32), ((1031, 515), np.float64), ((1025, 1030), np.float32),
-                  ((4098, 257), np.float32), ((2050, 300), np.float64), ((129, 384), np.float64)]
+                  ((4098, 257), np.float32), ((4097, 256), np.float32), ((2050, 300), np.float64),
+                  ((2049, 256), np.float64), ((129, 384), np.float64)]
 
 
 def _backward_is_the_exact_model(build, shape, dtype, seed, ddof, stream_bytes=None):
