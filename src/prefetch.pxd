@@ -15,6 +15,10 @@ cdef extern from *:
     void prefetch "fastnorm_prefetch"(const void* p) noexcept nogil
     void prefetch_l2 "fastnorm_prefetch_l2"(const void* p) noexcept nogil
 
+cdef enum:
+    FETCH_BYTES = 4 << 20  # arrays from this size on come from memory (past the L2s)
+    FETCH_AHEAD = 8192     # bytes of each array asked for ahead of the rows a walk is at
+
 
 cdef inline void prefetch_rows(const floating* x, Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
                                Py_ssize_t w, bint l2=False) noexcept nogil:
