@@ -69,9 +69,10 @@ def _kernel_backward(kernels, dout, x, mean, inv_std, gamma, train, ddof, n_thre
 
 # row blocks 1..3 with partial last blocks, odd and even row counts, column tiles
 # (512 for one row block, whole rows up to 2048 for more) with a partial last one,
-# and (100, 500), the shape the benchmark's target names
+# (100, 500), the shape the benchmark's target names, and float64's backward by
+# column tiles of every row (2..4 row blocks of 1024 columns or more) and just past it
 SHAPES = [(1, 5), (2, 3), (3, 17), (7, 513), (63, 40), (64, 40), (65, 40), (129, 33),
-          (100, 500), (8, 1100), (131, 1030), (300, 7), (70, 2100)]
+          (100, 500), (8, 1100), (131, 1030), (300, 7), (70, 2100), (256, 1024), (257, 1024)]
 
 
 @pytest.mark.parametrize("build", BUILDS, ids=lambda m: m.ISA)
@@ -127,3 +128,19 @@ def test_backward_reading_ahead_is_bitwise_the_exact_model(shape, build):
         got = _kernel_backward(build, *args, True, 0, n_threads)
         for g, w, name in zip(got, want, ("dx", "dgamma", "dbeta")):
             np.testing.assert_array_equal(g, w, err_msg=f"{name} threads={n_threads}")
+
+
+# float64's backward of 2 to 4 row blocks of 1024 columns or more goes by column
+# tiles of every row, at least two a thread: widths that change with the thread
+# count (and a partial last tile), the same bits as the model at every one
+@pytest.mark.parametrize("build", BUILDS, ids=lambda m: m.ISA)
+@pytest.mark.parametrize("shape", [(65, 1024), (256, 1040), (200, 3000)])
+def test_backward_by_column_tiles_is_bitwise_the_exact_model(shape, build):
+    args = _case(*shape, np.float64, seed=shape[0] + shape[1])
+    for train, ddof in [(True, 0), (True, 1), (False, 0)]:
+        want = exact_backward(*args, train, ddof)
+        for n_threads in (1, 2, 3):
+            got = _kernel_backward(build, *args, train, ddof, n_threads)
+            for g, w, name in zip(got, want, ("dx", "dgamma", "dbeta")):
+                np.testing.assert_array_equal(g, w, err_msg=f"{name} train={train} ddof={ddof} "
+                                                            f"threads={n_threads}")
