@@ -11,8 +11,10 @@ from fastnorm import _build
 K = _build.load_kernels()
 DTYPES = [np.float32, np.float64]
 # one row block and several (64 rows), one column tile and several (512; the
-# backward's tiles are whole rows up to 2048), strip and lane tails
-SHAPES = [(1, 1), (2, 3), (7, 33), (65, 17), (130, 600), (300, 2100)]
+# backward's tiles are whole rows up to 2048), strip and lane tails; float64's
+# forward and backward by column tiles of every row (2 to 4 row blocks of 1024
+# values or more, under 4 MiB)
+SHAPES = [(1, 1), (2, 3), (7, 33), (65, 17), (130, 600), (300, 2100), (130, 1030), (256, 2048)]
 
 
 def _inputs(shape, dtype, offset=3.0, seed=0):
@@ -204,6 +206,30 @@ def test_blocks_bitwise_equal_for_one_and_two_threads(shape, dtype):
     inv_std = 1.0 / np.sqrt(m2 / shape[0] + 1e-5)
     np.testing.assert_array_equal(column_dx(dout, x, mean, inv_std, gamma, sums, shape[0], 0, True, 1),
                                   column_dx(dout, x, mean, inv_std, gamma, sums, shape[0], 0, True, 2))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(65, 1024), (200, 1100), (256, 2048)])
+def test_forward_and_backward_by_column_tiles_are_the_blocks_on_any_thread_count(shape, train):
+    """float64 batches of a few row blocks in wide rows go by column tiles of every
+    row, at least two a thread, so the tiles change with the thread count: at
+    each, the forward and backward are bitwise the blocks composed."""
+    x, gamma, beta, dout = _inputs(shape, np.float64, offset=1e4)
+    mean, m2 = moments(x)
+    sums = grad_sums(dout, x, mean)
+    for n_threads in (1, 2, 3):
+        out, stats, *_ = bn_forward(x, gamma, beta, 0, train, n_threads)
+        if train:
+            np.testing.assert_array_equal(stats[0], mean)
+            np.testing.assert_array_equal(stats[1], 1.0 / np.sqrt(m2 / shape[0] + 1e-5))
+        want = np.full_like(x, np.nan)
+        K.column_normalize(x, stats[0], stats[1], gamma, beta, want, 1)
+        np.testing.assert_array_equal(out, want)
+        dx, dgamma, dbeta = bn_backward(dout, x, mean, stats[1], gamma, train, 0, n_threads)
+        np.testing.assert_array_equal(dbeta, sums[0])
+        np.testing.assert_array_equal(dgamma, sums[1] * stats[1])
+        np.testing.assert_array_equal(dx, column_dx(dout, x, mean, stats[1], gamma, sums, shape[0], 0,
+                                                    train))
 
 
 def test_a_buffer_of_the_wrong_length_is_refused_before_the_kernel_runs():
