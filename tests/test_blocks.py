@@ -12,7 +12,7 @@ K = _build.load_kernels()
 DTYPES = [np.float32, np.float64]
 # one row block and several (64 rows), one column tile and several (512; the
 # backward's tiles are whole rows up to 2048), strip and lane tails; float64's
-# forward and backward by column tiles of every row (2 to 4 row blocks of 1024
+# forward and backward by column tiles of every row (2 to 8 row blocks of 1024
 # values or more, under 4 MiB)
 SHAPES = [(1, 1), (2, 3), (7, 33), (65, 17), (130, 600), (300, 2100), (130, 1030), (256, 2048)]
 
@@ -209,7 +209,7 @@ def test_blocks_bitwise_equal_for_one_and_two_threads(shape, dtype):
 
 
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("shape", [(65, 1024), (200, 1100), (256, 2048)])
+@pytest.mark.parametrize("shape", [(65, 1024), (200, 1100), (256, 2048), (449, 1100)])
 def test_forward_and_backward_by_column_tiles_are_the_blocks_on_any_thread_count(shape, train):
     """float64 batches of a few row blocks in wide rows go by column tiles of every
     row, at least two a thread, so the tiles change with the thread count: at
