@@ -37,3 +37,14 @@ cdef inline void prefetch_rows(const floating* x, Py_ssize_t D, Py_ssize_t r0, P
             prefetch_l2(x + i * D + w - 1)
         else:
             prefetch(x + i * D + w - 1)
+
+
+cdef inline void prefetch_ahead(const floating* p, Py_ssize_t n, Py_ssize_t left) noexcept nogil:
+    """Asks for the lines of the n values FETCH_AHEAD bytes past p into L2, those of
+    the `left` values from p on (the sweep's own): a streamed sweep's read-ahead, a
+    chunk at a time, so that its reads from memory overlap its stores."""
+    cdef Py_ssize_t k = FETCH_AHEAD // sizeof(floating)
+    cdef Py_ssize_t stop = min(k + n, left), step = 64 // sizeof(floating)
+    while k < stop:
+        prefetch_l2(p + k)
+        k += step
