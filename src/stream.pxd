@@ -79,6 +79,12 @@ cdef enum:
     STREAM_BUF = STREAM_CHUNK + 16   # a chunk and what is left of a line (16 float32 values)
     STREAM_TASK = 65536      # values per task at least (rows grouped), one fence each
     STREAM_ROW = 256         # rows (or row pieces) streamed have at least this many values
+    # batch norm's out and dx (normalize_columns, column_dx) stream from 2 times
+    # stream_bytes (4 MiB): plain stores, which leave them in L3 for their reader,
+    # gained at 2 MiB (Zen 4, float32 and float64, rows of 512 to 2048 values: one
+    # thread 0.96-1.27x, 1.1x or more in most; two 1.02-2.11x); at 4 MiB one thread
+    # ran 0.77-1.13x (two 0.94-2.14x), from 6 MiB on 0.68-2.5x
+    COLUMNS_STREAM_TIMES = 2
 
 
 cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize,
