@@ -44,7 +44,5 @@ cdef inline void prefetch_ahead(const floating* p, Py_ssize_t n, Py_ssize_t left
     the `left` values from p on (the sweep's own): a streamed sweep's read-ahead, a
     chunk at a time, so that its reads from memory overlap its stores."""
     cdef Py_ssize_t k = FETCH_AHEAD // sizeof(floating)
-    cdef Py_ssize_t stop = min(k + n, left), step = 64 // sizeof(floating)
-    while k < stop:
-        prefetch_l2(p + k)
-        k += step
+    if k < left:
+        prefetch_rows(p + k, 0, 0, 1, min(n, left - k), True)
