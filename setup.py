@@ -70,9 +70,12 @@ DIRECTIVES = {
 
 
 def source_hash():
-    """Hash of the kernel sources; the built module carries it so that
-    `import fastnorm` can tell a stale in-place build from a fresh one."""
-    return _load(HERE / "fastnorm" / "_source_hash.py").source_hash(SRC)
+    """Hash of the kernel sources, and the sources it covers; the built module
+    carries it so that `import fastnorm` can tell a stale in-place build from a
+    fresh one."""
+    hashing = _load(HERE / "fastnorm" / "_source_hash.py")
+    sources = {str(p.relative_to(HERE)) for pattern in hashing.PATTERNS for p in SRC.glob(pattern)}
+    return hashing.source_hash(SRC), sorted(sources)
 
 
 class BuildExt(build_ext):
@@ -132,7 +135,7 @@ def extensions():
         compile_args.append("-march=native")
 
     _load(SRC / "codegen.py").expand_all(SRC, GENERATED)
-    digest = source_hash()
+    digest, hashed = source_hash()
 
     def kernels(name):
         return Extension(
@@ -140,6 +143,7 @@ def extensions():
             sources=[f"src/{name}.pyx"],
             include_dirs=["src"],
             define_macros=[("FASTNORM_SOURCE_HASH", f'"{digest}"')],
+            depends=hashed,   # any source edited recompiles the hash in (as _build.py checks it)
             extra_compile_args=compile_args + ISA_FLAGS.get(name, []),
             extra_link_args=[],
         )
