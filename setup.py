@@ -22,6 +22,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -149,6 +150,10 @@ def extensions():
         )
 
     exts = [kernels("_kernels")]
+    # The output cache is NumPy C-API code (a memory handler), not a kernel: one build.
+    exts.append(Extension("fastnorm._output_cache", sources=["src/_output_cache.pyx"],
+                          include_dirs=[numpy.get_include()],
+                          extra_compile_args=compile_args))
     if AVX2:
         exts.append(kernels("_kernels_avx2"))
     if AVX512:

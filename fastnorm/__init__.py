@@ -15,6 +15,7 @@ _load_kernels()  # an ImportError that says how to build, never a NumPy fall-bac
 
 from . import _validate, _validate_nd, gradient_check, reference  # noqa: E402
 from ._threads import get_num_threads, num_threads, openmp_enabled, set_num_threads  # noqa: E402
+from ._output_cache import output_cache_info, set_output_cache  # noqa: E402
 from .normalization import (  # noqa: E402
     batchnorm_backward,
     batchnorm_backward_alt,
@@ -47,6 +48,8 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "num_threads",
+    "set_output_cache",
+    "output_cache_info",
     "layers",
     "optim",
     "data",

@@ -27,6 +27,7 @@ from . import _validate
 from ._validate import MODES as _MODES
 from ._validate import _ndarray, batchnorm_args, layernorm_args
 from ._build import by_dtype, load_kernels
+from ._output_cache import new_output
 from ._threads import get_num_threads
 
 _kernels = load_kernels()  # the baseline or the AVX2 build, chosen once at import
@@ -115,7 +116,7 @@ def _backward_args(dout, cache, out, kind: type, forward_name: str):
         x = _validate.as_contiguous(x, dtype)
         gamma = _validate.as_contiguous(gamma, dtype)
     if out is None:
-        return dout, x, gamma, (np.empty(shape, dtype), np.empty(D, dtype), np.empty(D, dtype))
+        return dout, x, gamma, (new_output(shape, dtype), np.empty(D, dtype), np.empty(D, dtype))
     if not (isinstance(out, tuple) and len(out) == 3):
         raise TypeError("out must be a tuple (dx, dgamma, dbeta) of arrays")
     # the outputs must not overlap anything the kernel reads, nor the cache
@@ -155,7 +156,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     dtype = x.dtype
     D = x.shape[1]
     if out is None:
-        out = np.empty(x.shape, dtype)
+        out = new_output(x.shape, dtype)
     else:
         out = _checked_forward_out(out, x, gamma, beta, running_mean, running_var)
     stats = np.empty((2, D))  # mean, inv_std: one buffer for both (see the kernel wrapper)
@@ -198,7 +199,7 @@ def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
     x, gamma, beta, eps, ddof = layernorm_args(x, gamma, beta, ln_param)
     dtype = x.dtype
     if out is None:
-        out = np.empty(x.shape, dtype)
+        out = new_output(x.shape, dtype)
     else:
         out = _checked_forward_out(out, x, gamma, beta)
     shape = x.shape

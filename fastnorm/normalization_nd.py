@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _validate, _validate_nd
 from ._build import by_dtype, load_kernels
+from ._output_cache import new_output
 from ._threads import get_num_threads
 from ._validate_nd import rmsnorm_call, spatial_batchnorm_call, spatial_groupnorm_call
 
@@ -106,9 +107,9 @@ def _kernel_input(a: np.ndarray, layout: str, dtype) -> np.ndarray:
 
 def _new_like(shape, dtype, layout: str) -> np.ndarray:
     if layout == NCHW:   # C-contiguous, of any rank
-        return np.empty(shape, dtype)
+        return new_output(shape, dtype)
     N, C, H, W = shape
-    return np.empty((N, H, W, C), dtype).transpose(0, 3, 1, 2)
+    return new_output((N, H, W, C), dtype).transpose(0, 3, 1, 2)
 
 
 def _checked_out(name: str, out, shape, dtype, layout: str, *read) -> np.ndarray:
@@ -238,7 +239,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, out=None):
     dtype = x.dtype
     N, C, H, W = x.shape
     if out is None:
-        out = np.empty(x.shape, dtype)
+        out = new_output(x.shape, dtype)
     else:
         out = _validate.check_out("out", out, x.shape, dtype, x, gamma, beta)
     stats = np.empty((2, N * G))
@@ -276,7 +277,7 @@ def rmsnorm_forward(x, gamma, rms_param, *, out=None):
     dtype = x.dtype
     D = x.shape[-1]
     if out is None:
-        out = np.empty(x.shape, dtype)
+        out = new_output(x.shape, dtype)
     else:
         out = _validate.check_out("out", out, x.shape, dtype, x, gamma)
     rstd = np.empty(x.size // D)
