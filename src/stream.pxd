@@ -79,12 +79,18 @@ cdef enum:
     STREAM_BUF = STREAM_CHUNK + 16   # a chunk and what is left of a line (16 float32 values)
     STREAM_TASK = 65536      # values per task at least (rows grouped), one fence each
     STREAM_ROW = 256         # rows (or row pieces) streamed have at least this many values
-    # batch norm's out and dx (normalize_columns, column_dx) stream from 2 times
-    # stream_bytes (4 MiB): plain stores, which leave them in L3 for their reader,
-    # gained at 2 MiB (Zen 4, float32 and float64, rows of 512 to 2048 values: one
-    # thread 0.96-1.27x, 1.1x or more in most; two 1.02-2.11x); at 4 MiB one thread
-    # ran 0.77-1.13x (two 0.94-2.14x), from 6 MiB on 0.68-2.5x
-    COLUMNS_STREAM_TIMES = 2
+    # batch norm's dx (column_dx) streams from 2 times stream_bytes (4 MiB): plain
+    # stores, which leave it in L3 for its reader, gained at 2 MiB (Zen 4, float32
+    # and float64, rows of 512 to 2048 values: one thread 0.96-1.27x, 1.1x or more
+    # in most; two 1.02-2.11x); at 4 MiB one thread ran 0.77-1.13x (two
+    # 0.94-2.14x), from 6 MiB on 0.68-2.5x; at 8 MiB, with the output cache,
+    # 0.85-0.98x at one thread (1.16-2.47x at two at 32768x64 float32)
+    COLUMNS_DX_STREAM_TIMES = 2
+    # and its out (normalize_columns) from 6 times (12 MiB): with outputs reused
+    # from the output cache, x and an out of 4 to 8 MiB stay in L3 from call to
+    # call. Plain/streamed, the train forward at 4-8 MiB: one thread 0.96-2.01x
+    # (1.06x or more in most cells), two 1.14-1.49x; at 12 MiB 0.84-1.50x
+    COLUMNS_OUT_STREAM_TIMES = 6
 
 
 cdef inline bint streams(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize,
