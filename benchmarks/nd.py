@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import timing, torch_anchor
-from .report import format_table, seconds_text, speedup_text
+from .report import ALLOCATION_LINE, format_table, seconds_text, speedup_text
 
 EPS = 1e-5
 GROUPS = 32  # group norm's G on the convnet shapes (the group-norm paper's default)
@@ -233,7 +233,7 @@ def summary(cells: list[NdCell]) -> str:
 
 def report(cells: list[NdCell], markdown: bool = False) -> str:
     headers, body = rows(cells)
-    return format_table(headers, body, markdown=markdown) + "\n\n" + summary(cells)
+    return format_table(headers, body, markdown=markdown) + "\n\n" + summary(cells) + "\n" + ALLOCATION_LINE
 
 
 def available_torch() -> bool:

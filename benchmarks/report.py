@@ -147,6 +147,11 @@ def _rounds_text(run: Run) -> str:
     return str(high) if low == high else f"{low}-{high}"
 
 
+ALLOCATION_LINE = ("Calls without out= allocate their outputs: fastnorm's of 1 MiB and more reuse "
+                   "blocks freed before (its output cache); NumPy's and torch's come from malloc, "
+                   "which maps blocks of 32 MiB and more afresh on every call.")
+
+
 def _clock_line(run: Run) -> str:
     if run.settings["clock"] == "wall":
         return "Times are wall time."
@@ -166,6 +171,7 @@ def text_report(run: Run) -> str:
         f"GB/s of arrays >= 16 MiB: minimum traffic (fwd 2x, bwd 3x the array) of the call with out= "
         f"buffers, which like the copy writes into existing memory",
         _clock_line(run),
+        ALLOCATION_LINE,
         *filter(None, [machine.load_note(run.info)]),
         "",
         format_table(headers, rows),
