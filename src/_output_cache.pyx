@@ -7,8 +7,9 @@
 #
 # Only arrays allocated by new_output() carry this handler; the blocks come from
 # NumPy's default handler and go back to it, so NumPy's own hugepage advice
-# applies to them. The cache holds at most SLOTS blocks and `capacity` bytes,
-# newest first; a block that would not fit is freed at once.
+# applies to them. The cache holds at most SLOTS blocks and `capacity` bytes: a
+# block freed when it is full pushes the oldest out, and a block larger than the
+# capacity goes back at once. A take looks for the newest block of its size.
 
 cdef extern from *:
     """
