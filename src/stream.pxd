@@ -84,7 +84,7 @@ cdef enum:
     # and float64, rows of 512 to 2048 values: one thread 0.96-1.27x, 1.1x or more
     # in most; two 1.02-2.11x); at 4 MiB one thread ran 0.77-1.13x (two
     # 0.94-2.14x), from 6 MiB on 0.68-2.5x; at 8 MiB, with the output cache,
-    # 0.85-0.98x at one thread (1.16-2.47x at two at 32768x64 float32)
+    # plain ran 0.85-0.98x at one thread, though 1.16-2.47x at two at 32768x64 float32
     COLUMNS_DX_STREAM_TIMES = 2
     # and its out (normalize_columns) from 6 times (12 MiB): with outputs reused
     # from the output cache, x and an out of 4 to 8 MiB stay in L3 from call to
