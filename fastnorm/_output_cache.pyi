@@ -1,5 +1,6 @@
 # Stub of the compiled module fastnorm._output_cache (src/_output_cache.pyx): the
-# NumPy memory handler under fastnorm's outputs of MIN_SIZE bytes and more.
+# NumPy memory handler under fastnorm's outputs: data on a cache line, blocks of
+# MIN_SIZE bytes and more kept for the next output of their size.
 import numpy as np
 from numpy.typing import DTypeLike
 

@@ -19,6 +19,7 @@ import fastnorm as fn
 from fastnorm import _output_cache, reference
 
 MIB = 1 << 20
+LINE = 64   # bytes of a cache line
 
 
 @pytest.fixture(autouse=True)
@@ -158,8 +159,42 @@ def test_a_cached_output_resizes_like_any_array():
     out[:] = np.arange(out.size)
     out.resize(3 * MIB // 8, refcheck=False)   # the handler's realloc
     np.testing.assert_array_equal(out[:MIB // 8], np.arange(MIB // 8))
+    assert out.ctypes.data % LINE == 0
     del out
     assert fn.output_cache_info()["held_bytes"] == 3 * MIB
+
+
+@pytest.mark.parametrize("sizes", [(100, 3), (3, 100), (MIB // 8, 100), (100, MIB // 8),
+                                   (MIB // 8, 3 * MIB // 8)])
+def test_a_resized_output_keeps_its_values_on_a_cache_line(sizes):
+    """realloc moves the data onto the new block's line boundary, wherever base's
+    realloc puts the block: growing, shrinking, across the cached size."""
+    before, after = sizes
+    out = _output_cache.new_output((before,), np.float64)
+    out[:] = np.arange(before)
+    out.resize(after, refcheck=False)
+    assert out.ctypes.data % LINE == 0
+    kept = min(before, after)
+    np.testing.assert_array_equal(out[:kept], np.arange(kept))
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (3, 5), (1000,), (MIB // 8,), (3, MIB // 8)])
+def test_outputs_start_on_a_cache_line(shape):
+    """The C library starts its large blocks 16 bytes past a line; fastnorm's outputs
+    start on one, fresh or taken from the cache, with the same values."""
+    for _ in range(2):   # the second is the first's block, where cached
+        out = _output_cache.new_output(shape, np.float32)
+        assert out.ctypes.data % LINE == 0
+        out[...] = 7.0
+        assert np.all(out == 7.0)
+        del out
+
+
+def test_the_public_calls_outputs_start_on_a_cache_line():
+    x, gamma, beta = _inputs((512, 1024))
+    out, cache = fn.layernorm_forward(x, gamma, beta, {})
+    dx, _, _ = fn.layernorm_backward(np.ones_like(x), cache)
+    assert out.ctypes.data % LINE == 0 and dx.ctypes.data % LINE == 0
 
 
 @pytest.mark.parametrize("bad", [-1, -(1 << 40)])
