@@ -3,7 +3,32 @@
 
 from cython cimport floating
 from libc.math cimport isfinite
-from libc.stdlib cimport malloc
+
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    /* Scratch of the kernels (column partials, constants), freed with free(): on a
+       cache line, where malloc starts a block 16 bytes past one or more. A 64-byte
+       vector there splits over two lines, and a partial's store did not forward to
+       its next load across the split (Zen 4: the narrow layer-norm backward waited
+       on it). NULL when out of memory. */
+    static inline void *fastnorm_scratch_alloc(size_t size) {
+    #if defined(_WIN32)
+        return malloc(size > 0 ? size : 1);
+    #else
+        void *p = NULL;
+        return posix_memalign(&p, 64, size > 0 ? size : 1) == 0 ? p : NULL;
+    #endif
+    }
+    """
+    void* scratch_alloc "fastnorm_scratch_alloc"(size_t size) noexcept nogil
+
+
+cdef inline Py_ssize_t line_stride(Py_ssize_t n) noexcept nogil:
+    """n doubles rounded up to whole cache lines (8 doubles): the stride of the rows
+    of partials in scratch, so that each row starts on a line as its first does."""
+    return (n + 7) // 8 * 8
 
 
 cdef extern from *:
@@ -70,7 +95,7 @@ cdef inline const double* as_double(const floating* a, Py_ssize_t n, double** co
     if floating is double:
         return a
     else:
-        copy_out[0] = <double*> malloc(n * sizeof(double))
+        copy_out[0] = <double*> scratch_alloc(n * sizeof(double))
         if copy_out[0] != NULL:
             for j in range(n):
                 copy_out[0][j] = a[j]
