@@ -44,10 +44,15 @@ cdef extern from *:
         unsigned long long hits, misses;
     } fastnorm_cache;
 
+    /* the first line boundary past raw's first byte */
+    static unsigned char *fastnorm_line_past(void *raw) {
+        return (unsigned char *) (((uintptr_t) raw + FASTNORM_LINE) & ~(uintptr_t) (FASTNORM_LINE - 1));
+    }
+
     static void *fastnorm_on_line(void *raw) {
         unsigned char *p;
         if (raw == NULL) return NULL;
-        p = (unsigned char *) (((uintptr_t) raw + FASTNORM_LINE) & ~(uintptr_t) (FASTNORM_LINE - 1));
+        p = fastnorm_line_past(raw);
         p[-1] = (unsigned char) (p - (unsigned char *) raw);
         return p;
     }
@@ -134,9 +139,9 @@ cdef extern from *:
         raw = (unsigned char *) base->allocator.realloc(base->allocator.ctx, fastnorm_raw(p),
                                                          size + FASTNORM_LINE);
         if (raw == NULL) return NULL;   /* p is as it was */
-        q = (unsigned char *) (((uintptr_t) raw + FASTNORM_LINE) & ~(uintptr_t) (FASTNORM_LINE - 1));
+        q = fastnorm_line_past(raw);
         if ((size_t) (q - raw) != offset) memmove(q, raw + offset, size);
-        q[-1] = (unsigned char) (q - raw);
+        q[-1] = (unsigned char) (q - raw);   /* after the move: the byte may hold data before it */
         return q;
     }
 

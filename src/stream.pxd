@@ -112,22 +112,22 @@ cdef inline bint streams_rows(Py_ssize_t N, Py_ssize_t D, Py_ssize_t itemsize,
     return N * D * itemsize // times >= stream_bytes
 
 
-cdef inline Py_ssize_t chunk_values(Py_ssize_t chunk, Py_ssize_t have, Py_ssize_t left) noexcept nogil:
+cdef inline Py_ssize_t chunk_values(Py_ssize_t have, Py_ssize_t left) noexcept nogil:
     """Values a row's streamed sweep computes next into its buffer, of the `left` still
-    to come: the rest where it fits beside the `have` the buffer holds (chunk + 16
-    values: STREAM_BUF), else those that fill it to `chunk` (a whole number of
-    lines). From the segment's first line boundary on, a chunk then ends on a line
-    of the output, and the next is computed at the buffer's start, on a line as
-    its values are in the output. A fixed chunk left values off the lines chunk
-    after chunk where the output is not on one (an out= from NumPy: 16 bytes past),
-    and the streaming loads of them span two of the compute's stores. Zen 4, out=
-    16 bytes past a line, one build: layer norm's forward 1.07-1.09x, its backward
-    0.98-2.1x at 4096x1024 (a fixed chunk ran 2x as long in some processes, float32
-    or float64); batch norm's sweeps, which keep the fixed chunk, lost 2-7% by it
-    (the first chunk of a row then ends in a scalar tail)."""
-    if have + left <= chunk + 16:
+    to come: the rest where it fits beside the `have` the buffer holds (STREAM_BUF),
+    else those that fill it to STREAM_CHUNK (a whole number of lines). From the
+    segment's first line boundary on, a chunk then ends on a line of the output,
+    and the next is computed at the buffer's start, on a line as its values are in
+    the output. A fixed chunk left values off the lines chunk after chunk where the
+    output is not on one (an out= from NumPy: 16 bytes past), and the streaming
+    loads of them spanned two of the compute's stores. Zen 4, out= 16 bytes past a
+    line, one build: layer norm's forward 0.99-1.15x, its backward 1.00-1.57x (a
+    fixed chunk ran 2x as long in some processes); on a line 0.99-1.02x. Batch
+    norm's sweeps keep the fixed chunk: 0.93-1.03x by this rule, the first chunk of
+    each row ending in a scalar tail."""
+    if have + left <= STREAM_BUF:
         return left
-    return chunk - have
+    return STREAM_CHUNK - have
 
 
 cdef inline Py_ssize_t rows_per_task(Py_ssize_t D) noexcept nogil:
