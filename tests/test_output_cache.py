@@ -192,9 +192,15 @@ def test_outputs_start_on_a_cache_line(shape):
 
 def test_the_public_calls_outputs_start_on_a_cache_line():
     x, gamma, beta = _inputs((512, 1024))
-    out, cache = fn.layernorm_forward(x, gamma, beta, {})
-    dx, _, _ = fn.layernorm_backward(np.ones_like(x), cache)
-    assert out.ctypes.data % LINE == 0 and dx.ctypes.data % LINE == 0
+    ln_out, cache = fn.layernorm_forward(x, gamma, beta, {})
+    ln_dx, _, _ = fn.layernorm_backward(np.ones_like(x), cache)
+    bn_out, cache = fn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    bn_dx, _, _ = fn.batchnorm_backward(np.ones_like(x), cache)
+    x4 = x.reshape(8, 64, 32, 32)
+    gn_out, _ = fn.spatial_groupnorm_forward(x4, np.ones((1, 64, 1, 1)), np.zeros((1, 64, 1, 1)),
+                                             8, {})
+    for a in (ln_out, ln_dx, bn_out, bn_dx, gn_out):
+        assert a.ctypes.data % LINE == 0
 
 
 @pytest.mark.parametrize("bad", [-1, -(1 << 40)])
