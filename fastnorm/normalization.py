@@ -30,7 +30,7 @@ from ._build import by_dtype, load_kernels
 from ._output_cache import new_output
 from ._threads import get_num_threads
 
-_kernels = load_kernels()  # the baseline or the AVX2 build, chosen once at import
+_kernels = load_kernels()  # the baseline, AVX2 or AVX-512 build, chosen once at import
 
 
 _BN_FORWARD = by_dtype(_kernels.batchnorm_forward)

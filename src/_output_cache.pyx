@@ -13,7 +13,7 @@
 #
 # Every block the handler hands out starts on a cache line (64 bytes): the C
 # library's large blocks start 16 bytes past one, so a 64-byte store into them
-# splits over two lines, and the streamed output of src/stream.pxd carries a
+# splits over two lines, and batch norm's streamed sweeps (src/stream.pxd) carry a
 # partial line through every chunk (Zen 4, 4096x1024 float32 from memory, one
 # thread: out on a line against 16 bytes past it, x where NumPy put it: the
 # eval-mode batch-norm forward 1.13x, the layer-norm forward 1.09x).
