@@ -31,6 +31,16 @@ cdef inline Py_ssize_t line_stride(Py_ssize_t n) noexcept nogil:
     return (n + 7) // 8 * 8
 
 
+cdef inline Py_ssize_t half_page_apart(Py_ssize_t n) noexcept nogil:
+    """n doubles or a few hundred more: the distance of two arrays of partials that
+    a loop loads and stores side by side, so that they lie half a page apart modulo
+    4 KiB. A load whose address shares its low 12 bits with an older store's waits
+    on that store (4K aliasing); layer norm's dgamma and dbeta partials, a whole
+    number of pages apart, lost 3-6% to it in their backward (Zen 4)."""
+    cdef Py_ssize_t r = n % 512   # 512 doubles: a 4 KiB page
+    return n + ((256 - r) if r <= 256 else (768 - r))
+
+
 cdef extern from *:
     # An output row (out, dx) or a column partial never overlaps the inputs or each
     # other. Said to the compiler, a loop that writes one keeps its lane sums in
