@@ -116,7 +116,7 @@ def _backward_args(dout, cache, out, kind: type, forward_name: str):
         x = _validate.as_contiguous(x, dtype)
         gamma = _validate.as_contiguous(gamma, dtype)
     if out is None:
-        return dout, x, gamma, (new_output(shape, dtype), np.empty(D, dtype), np.empty(D, dtype))
+        return dout, x, gamma, (new_output(shape, dtype, dout, x), np.empty(D, dtype), np.empty(D, dtype))
     if not (isinstance(out, tuple) and len(out) == 3):
         raise TypeError("out must be a tuple (dx, dgamma, dbeta) of arrays")
     # the outputs must not overlap anything the kernel reads, nor the cache
@@ -156,7 +156,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     dtype = x.dtype
     D = x.shape[1]
     if out is None:
-        out = new_output(x.shape, dtype)
+        out = new_output(x.shape, dtype, x)
     else:
         out = _checked_forward_out(out, x, gamma, beta, running_mean, running_var)
     stats = np.empty((2, D))  # mean, inv_std: one buffer for both (see the kernel wrapper)
@@ -199,7 +199,7 @@ def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
     x, gamma, beta, eps, ddof = layernorm_args(x, gamma, beta, ln_param)
     dtype = x.dtype
     if out is None:
-        out = new_output(x.shape, dtype)
+        out = new_output(x.shape, dtype, x)
     else:
         out = _checked_forward_out(out, x, gamma, beta)
     shape = x.shape

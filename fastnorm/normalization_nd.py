@@ -105,11 +105,12 @@ def _kernel_input(a: np.ndarray, layout: str, dtype) -> np.ndarray:
     return _validate.as_contiguous(a.transpose(0, 2, 3, 1), dtype).reshape(-1, a.shape[1])
 
 
-def _new_like(shape, dtype, layout: str) -> np.ndarray:
+def _new_like(shape, dtype, layout: str, *near) -> np.ndarray:
+    """A new output of x's layout; near: the arrays the kernel reads (new_output)."""
     if layout == NCHW:   # C-contiguous, of any rank
-        return new_output(shape, dtype)
+        return new_output(shape, dtype, *near)
     N, C, H, W = shape
-    return new_output((N, H, W, C), dtype).transpose(0, 3, 1, 2)
+    return new_output((N, H, W, C), dtype, *near).transpose(0, 3, 1, 2)
 
 
 def _checked_out(name: str, out, shape, dtype, layout: str, *read) -> np.ndarray:
@@ -147,12 +148,12 @@ def _contiguous_backward_inputs(dout, cache, n: int):
             _validate.as_contiguous(cache.gamma, dtype), dtype)
 
 
-def _grads_out(out, count: int, x, dtype, layout, grad_shape, read):
-    """dx (x's layout) and the parameter gradients of shape grad_shape: new, or the
-    caller's after the checks."""
+def _grads_out(out, count: int, x, dtype, layout, grad_shape, read, near):
+    """dx (x's layout) and the parameter gradients of shape grad_shape: new (dx placed
+    away from near, the kernel's dout and x), or the caller's after the checks."""
     if out is None:
-        return (_new_like(x.shape, dtype, layout),) + tuple(np.empty(grad_shape, dtype)
-                                                            for _ in range(count - 1))
+        return (_new_like(x.shape, dtype, layout, *near),) + tuple(np.empty(grad_shape, dtype)
+                                                                   for _ in range(count - 1))
     if not (isinstance(out, tuple) and len(out) == count):
         names = "(dx, dgamma, dbeta)" if count == 3 else "(dx, dgamma)"
         raise TypeError(f"out must be a tuple {names} of arrays")
@@ -180,7 +181,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     if layout is None:   # other strides: one copy, then the NCHW kernel
         x, layout = np.ascontiguousarray(x), NCHW
     if out is None:
-        out = _new_like(x.shape, dtype, layout)
+        out = _new_like(x.shape, dtype, layout, x)
     else:
         out = _checked_out("out", out, x.shape, dtype, layout, x, gamma, beta, running_mean, running_var)
     stats = np.empty((2, C))  # mean, inv_std
@@ -221,7 +222,7 @@ def spatial_batchnorm_backward(dout, cache, *, out=None):
     gamma = _validate.as_contiguous(cache.gamma, dtype)
     C = x.shape[1]
     read = (dout, x, gamma, cache.gamma, cache.mean, cache.inv_std, view_dout, view_x)
-    dx, dgamma, dbeta = _grads_out(out, 3, x, dtype, layout, (C,), read)
+    dx, dgamma, dbeta = _grads_out(out, 3, x, dtype, layout, (C,), read, (view_dout, view_x))
     _SBN_BACKWARD[layout][dtype](view_dout, view_x, cache.mean, cache.inv_std, gamma, cache.mode == "train",
                                  cache.ddof, _kernel_view(dx, layout), dgamma, dbeta, get_num_threads())
     return dx, dgamma, dbeta
@@ -239,7 +240,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, out=None):
     dtype = x.dtype
     N, C, H, W = x.shape
     if out is None:
-        out = new_output(x.shape, dtype)
+        out = new_output(x.shape, dtype, x)
     else:
         out = _validate.check_out("out", out, x.shape, dtype, x, gamma, beta)
     stats = np.empty((2, N * G))
@@ -261,7 +262,7 @@ def spatial_groupnorm_backward(dout, cache, *, out=None):
         raise ValueError(f"cache.mean and cache.inv_std must be float64 arrays of shape ({N * G},)")
     dout, xk, gamma, dtype = _contiguous_backward_inputs(dout, cache, C)
     read = (dout, x, xk, gamma, cache.gamma, cache.mean, cache.inv_std)
-    dx, dgamma, dbeta = _grads_out(out, 3, x, dtype, NCHW, (1, C, 1, 1), read)
+    dx, dgamma, dbeta = _grads_out(out, 3, x, dtype, NCHW, (1, C, 1, 1), read, (dout, xk))
     sums = np.empty((2, N * C))
     P = H * W
     _GN_BACKWARD[dtype](dout.reshape(N, C, P), xk.reshape(N, C, P), cache.mean, cache.inv_std, gamma, G,
@@ -277,7 +278,7 @@ def rmsnorm_forward(x, gamma, rms_param, *, out=None):
     dtype = x.dtype
     D = x.shape[-1]
     if out is None:
-        out = new_output(x.shape, dtype)
+        out = new_output(x.shape, dtype, x)
     else:
         out = _validate.check_out("out", out, x.shape, dtype, x, gamma)
     rstd = np.empty(x.size // D)
@@ -299,7 +300,7 @@ def rmsnorm_backward(dout, cache, *, out=None):
         raise ValueError(f"cache.rstd must be a float64 array of shape ({M},)")
     dout, xk, gamma, dtype = _contiguous_backward_inputs(dout, cache, D)
     read = (dout, x, xk, gamma, cache.gamma, cache.rstd)
-    dx, dgamma = _grads_out(out, 2, x, dtype, NCHW, (D,), read)
+    dx, dgamma = _grads_out(out, 2, x, dtype, NCHW, (D,), read, (dout, xk))
     _RMS_BACKWARD[dtype](dout.reshape(M, D), xk.reshape(M, D), cache.rstd, gamma, dx.reshape(M, D), dgamma,
                          get_num_threads())
     return dx, dgamma

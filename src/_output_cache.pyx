@@ -17,6 +17,15 @@
 # partial line through every chunk (Zen 4, 4096x1024 float32 from memory, one
 # thread: out on a line against 16 bytes past it, x where NumPy put it: the
 # eval-mode batch-norm forward 1.13x, the layer-norm forward 1.09x).
+#
+# And where in its page it starts is chosen away from the arrays the kernel reads
+# (new_output's `near`). A load whose address shares its low 12 bits with an
+# older store waits on that store (4K aliasing): with out 48 to 256 bytes past x
+# modulo 4 KiB, each store to out[j] held up the load of x a little ahead of j.
+# Blocks the C library hands out one after the other land there: the inputs of
+# the benchmarks' 512x512 float32 cells, then the output, put out 64-192 bytes past
+# x. In cache (Zen 4, one thread) such outputs cost the eval-mode batch-norm
+# forward 1.3x, the layer-norm forward 1.17x and its backward 1.17x.
 
 cdef extern from *:
     """
@@ -28,10 +37,24 @@ cdef extern from *:
     #include <pythread.h>
 
     #define FASTNORM_SLOTS 8
-    /* A block is base's allocation of size + FASTNORM_LINE bytes; the array's data
-       starts at the first line boundary past its first byte, and the byte before
-       the data says how far past (1 to FASTNORM_LINE). */
+    /* A block is base's allocation of size + FASTNORM_PAD bytes; the array's data
+       starts on a line boundary 2 to FASTNORM_PAD bytes past the block's first
+       byte, and the two bytes before the data say how far past. */
     #define FASTNORM_LINE 64
+    #define FASTNORM_PAGE 4096
+    #define FASTNORM_PAD (FASTNORM_PAGE + FASTNORM_LINE)
+    /* Where in a page an output should not start, past an array it is read with:
+       the middle of the stretch whose loads waited on its stores (48-256 bytes). */
+    #define FASTNORM_ALIASED 256
+    #define FASTNORM_NEAR 2
+    #if defined(_MSC_VER)
+    #define FASTNORM_THREAD __declspec(thread)
+    #else
+    #define FASTNORM_THREAD _Thread_local
+    #endif
+    /* The data of the arrays the next output is read with (0: none), set around an
+       allocation by new_output in the allocating thread. */
+    static FASTNORM_THREAD uintptr_t fastnorm_near[FASTNORM_NEAR];
 
     typedef struct { void *p; size_t size; } fastnorm_block;   /* p: the data */
 
@@ -44,31 +67,70 @@ cdef extern from *:
         unsigned long long hits, misses;
     } fastnorm_cache;
 
-    /* the first line boundary past raw's first byte */
-    static unsigned char *fastnorm_line_past(void *raw) {
-        return (unsigned char *) (((uintptr_t) raw + FASTNORM_LINE) & ~(uintptr_t) (FASTNORM_LINE - 1));
+    /* how far apart two page offsets are, around the page */
+    static uintptr_t fastnorm_around(uintptr_t a, uintptr_t b) {
+        uintptr_t d = (a - b) % FASTNORM_PAGE;
+        return d < FASTNORM_PAGE - d ? d : FASTNORM_PAGE - d;
     }
 
-    static void *fastnorm_on_line(void *raw) {
+    /* The page offset (a line boundary) for the next output's data: the farthest
+       from FASTNORM_ALIASED past each near array, the first such one in a tie. */
+    static uintptr_t fastnorm_page_offset(void) {
+        uintptr_t best = 0, best_score = 0, t, score, d;
+        int k, any = 0;
+        for (t = 0; t < FASTNORM_PAGE; t += FASTNORM_LINE) {
+            score = FASTNORM_PAGE;
+            for (k = 0; k < FASTNORM_NEAR; k++) {
+                if (fastnorm_near[k] == 0) continue;
+                any = 1;
+                d = fastnorm_around(t - fastnorm_near[k], FASTNORM_ALIASED);
+                if (d < score) score = d;
+            }
+            if (t == 0 || score > best_score) {
+                best = t;
+                best_score = score;
+            }
+        }
+        return any ? best : FASTNORM_PAGE;   /* FASTNORM_PAGE: any line */
+    }
+
+    /* The data's place in the block at raw: the first line boundary at least two
+       bytes in, or the first at the page offset fastnorm_page_offset asks for. */
+    static unsigned char *fastnorm_spot(unsigned char *raw) {
+        uintptr_t start = (uintptr_t) raw + 2, at = fastnorm_page_offset();
+        if (at == FASTNORM_PAGE)
+            return (unsigned char *) ((start + FASTNORM_LINE - 1) & ~(uintptr_t) (FASTNORM_LINE - 1));
+        return (unsigned char *) (start + (at - start) % FASTNORM_PAGE);
+    }
+
+    /* the two bytes before the data say how far into its block it starts */
+    static void fastnorm_mark(unsigned char *p, unsigned char *raw) {
+        uint16_t offset = (uint16_t) (p - raw);
+        memcpy(p - 2, &offset, 2);
+    }
+
+    static void *fastnorm_place(void *raw) {
         unsigned char *p;
         if (raw == NULL) return NULL;
-        p = fastnorm_line_past(raw);
-        p[-1] = (unsigned char) (p - (unsigned char *) raw);
+        p = fastnorm_spot((unsigned char *) raw);
+        fastnorm_mark(p, (unsigned char *) raw);
         return p;
     }
 
     static void *fastnorm_raw(void *p) {
-        return (unsigned char *) p - ((unsigned char *) p)[-1];
+        uint16_t offset;
+        memcpy(&offset, (unsigned char *) p - 2, 2);
+        return (unsigned char *) p - offset;
     }
 
-    /* size + FASTNORM_LINE, or 0 when that overflows (base then fails as it should) */
+    /* size + FASTNORM_PAD, or 0 when that overflows (base then fails as it should) */
     static size_t fastnorm_padded(size_t size) {
-        return size <= (size_t) -1 - FASTNORM_LINE ? size + FASTNORM_LINE : 0;
+        return size <= (size_t) -1 - FASTNORM_PAD ? size + FASTNORM_PAD : 0;
     }
 
     static void fastnorm_release(void *p, size_t size) {
         PyDataMem_Handler *base = fastnorm_cache.base;
-        base->allocator.free(base->allocator.ctx, fastnorm_raw(p), size + FASTNORM_LINE);
+        base->allocator.free(base->allocator.ctx, fastnorm_raw(p), size + FASTNORM_PAD);
     }
 
     static void *fastnorm_take(size_t size) {
@@ -88,7 +150,7 @@ cdef extern from *:
         }
         if (p != NULL) fastnorm_cache.hits++; else fastnorm_cache.misses++;
         PyThread_release_lock(fastnorm_cache.lock);
-        return p;
+        return p != NULL ? fastnorm_place(fastnorm_raw(p)) : NULL;   /* placed for this call */
     }
 
     /* Frees the oldest blocks until `room` more bytes and one more block fit (room 0
@@ -109,7 +171,7 @@ cdef extern from *:
         PyDataMem_Handler *base = fastnorm_cache.base;
         void *p = fastnorm_take(size);
         if (p != NULL || fastnorm_padded(size) == 0) return p;
-        return fastnorm_on_line(base->allocator.malloc(base->allocator.ctx, size + FASTNORM_LINE));
+        return fastnorm_place(base->allocator.malloc(base->allocator.ctx, size + FASTNORM_PAD));
     }
 
     static void *fastnorm_calloc(void *ctx, size_t nelem, size_t elsize) {
@@ -124,24 +186,26 @@ cdef extern from *:
             return p;
         }
         if (fastnorm_padded(size) == 0) return NULL;
-        return fastnorm_on_line(base->allocator.calloc(base->allocator.ctx, 1, size + FASTNORM_LINE));
+        return fastnorm_place(base->allocator.calloc(base->allocator.ctx, 1, size + FASTNORM_PAD));
     }
 
-    /* The data moves with base's realloc; where the new block puts the line boundary
-       at another distance from its start, the data is moved onto it. */
+    /* The data moves with base's realloc, then onto the line where fastnorm_spot
+       puts it in the new block (the same offset in, or another). */
     static void *fastnorm_realloc(void *ctx, void *p, size_t size) {
         PyDataMem_Handler *base = fastnorm_cache.base;
         unsigned char *raw, *q;
         size_t offset;
+        uint16_t was;
         if (p == NULL) return fastnorm_malloc(ctx, size);
         if (fastnorm_padded(size) == 0) return NULL;
-        offset = ((unsigned char *) p)[-1];
+        memcpy(&was, (unsigned char *) p - 2, 2);
+        offset = was;
         raw = (unsigned char *) base->allocator.realloc(base->allocator.ctx, fastnorm_raw(p),
-                                                         size + FASTNORM_LINE);
+                                                         size + FASTNORM_PAD);
         if (raw == NULL) return NULL;   /* p is as it was */
-        q = fastnorm_line_past(raw);
+        q = fastnorm_spot(raw);
         if ((size_t) (q - raw) != offset) memmove(q, raw + offset, size);
-        q[-1] = (unsigned char) (q - raw);   /* after the move: the byte may hold data before it */
+        fastnorm_mark(q, raw);   /* after the move: those bytes may hold data before it */
         return q;
     }
 
@@ -197,10 +261,21 @@ cdef extern from *:
     static PyObject *fastnorm_cache_handler(void) {
         return PyCapsule_New(&fastnorm_handler, "mem_handler", NULL);
     }
+
+    /* the next output's near arrays: up to FASTNORM_NEAR NumPy arrays' data (others: none) */
+    static void fastnorm_set_near(PyObject *a, PyObject *b) {
+        PyObject *arrays[FASTNORM_NEAR] = {a, b};
+        int k;
+        for (k = 0; k < FASTNORM_NEAR; k++)
+            fastnorm_near[k] = arrays[k] != NULL && PyArray_Check(arrays[k])
+                ? (uintptr_t) PyArray_DATA((PyArrayObject *) arrays[k]) : 0;
+    }
     """
     int cache_init "fastnorm_cache_init"(size_t capacity, size_t min_size) except -1
     size_t cache_resize "fastnorm_cache_resize"(size_t capacity) noexcept nogil
     object cache_handler "fastnorm_cache_handler"()
+    void set_near "fastnorm_set_near"(object a, object b)
+    void clear_near "fastnorm_set_near"(void* a, void* b)
     object PyDataMem_SetHandler(object handler)
     struct Cache:
         size_t capacity, held, min_size
@@ -218,14 +293,19 @@ cache_init(DEFAULT_CAPACITY, MIN_SIZE)
 _HANDLER = cache_handler()
 
 
-def new_output(shape, dtype):
+def new_output(shape, dtype, near=None, near_too=None):
     """np.empty(shape, dtype), its data on a cache line, whose block is cached when
     the array frees it; a block of that size freed before is taken first. Blocks
-    under MIN_SIZE bytes come from NumPy's handler and go back to it."""
+    under MIN_SIZE bytes come from NumPy's handler and go back to it. near,
+    near_too: the arrays the kernel reads while it writes the output (or None);
+    the data starts in its page as far as it can from where their loads would wait
+    on its stores."""
     previous = PyDataMem_SetHandler(_HANDLER)
+    set_near(near, near_too)
     try:
         return np.empty(shape, dtype)
     finally:
+        clear_near(NULL, NULL)
         PyDataMem_SetHandler(previous)
 
 

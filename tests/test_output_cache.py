@@ -203,6 +203,84 @@ def test_the_public_calls_outputs_start_on_a_cache_line():
         assert a.ctypes.data % LINE == 0
 
 
+PAGE = 4096
+ALIASED = 256   # bytes past an input, in its page, where an output's stores held up its loads
+
+
+def _page_distance(out, near):
+    """How far out's data starts, around the page, from ALIASED bytes past near's."""
+    d = (_address(out) - _address(near) - ALIASED) % PAGE
+    return min(d, PAGE - d)
+
+
+def _at_page_offset(like, offset):
+    """A copy of like whose data starts `offset` bytes into a page."""
+    raw = np.empty(like.nbytes + 2 * PAGE, np.uint8)
+    start = (offset - _address(raw)) % PAGE
+    a = raw[start:start + like.nbytes].view(like.dtype).reshape(like.shape)
+    a[...] = like
+    return a
+
+
+@pytest.mark.parametrize("shape", [(256, 512), (8, 16)])   # through the cache, and not
+@pytest.mark.parametrize("offset", [0, 16, 64, 1024, 2048, 3968, 4080])
+def test_an_output_starts_in_its_page_away_from_its_input(shape, offset):
+    """Stores into out held up the loads of x a little ahead when out started 48-256
+    bytes past x modulo 4 KiB (4K aliasing): an output starts half a page from there,
+    to a line, fresh or taken from the cache, and holds the call's values."""
+    x, gamma, beta = _inputs(shape)
+    x = _at_page_offset(x, offset)
+    calls = {"layer norm": lambda **out: fn.layernorm_forward(x, gamma, beta, {}, **out)[0],
+             "batch norm": lambda **out: fn.batchnorm_forward(x, gamma, beta, {"mode": "train"},
+                                                              **out)[0]}
+    for name, call in calls.items():
+        want = call(out=np.empty_like(x))
+        for _ in range(2):   # the second takes the first's block where it is cached
+            out = call()
+            assert out.ctypes.data % LINE == 0, name
+            assert _page_distance(out, x) >= PAGE // 2 - LINE, name
+            np.testing.assert_array_equal(out, want, err_msg=name)
+            del out
+
+
+@pytest.mark.parametrize("offsets", [(0, 0), (0, 2048), (16, 1040), (3000, 200), (4080, 64)])
+def test_dx_starts_in_its_page_away_from_dout_and_x(offsets):
+    """With two inputs the output is placed for the nearer of them: at least a quarter
+    of a page from where either would alias (two half-page rules can't both hold)."""
+    x, gamma, beta = _inputs((256, 512))
+    x = _at_page_offset(x, offsets[0])
+    dout = _at_page_offset(np.random.default_rng(3).standard_normal(x.shape), offsets[1])
+    _, cache = fn.layernorm_forward(x, gamma, beta, {})
+    want = fn.layernorm_backward(dout, cache, out=(np.empty_like(x), np.empty(512), np.empty(512)))[0]
+    dx = fn.layernorm_backward(dout, cache)[0]
+    assert min(_page_distance(dx, dout), _page_distance(dx, x)) >= PAGE // 4 - LINE
+    np.testing.assert_array_equal(dx, want)
+
+
+def test_every_op_places_its_outputs_away_from_what_it_reads():
+    rng = np.random.default_rng(4)
+    x4 = _at_page_offset(rng.standard_normal((8, 16, 32, 32)), 48)
+    x_cl = np.ascontiguousarray(x4.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    dout = _at_page_offset(rng.standard_normal(x4.shape), 112)
+    dout_cl = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    g, b = np.ones(16), np.zeros(16)
+    g4, b4 = g.reshape(1, -1, 1, 1), b.reshape(1, -1, 1, 1)
+    ops = {
+        "spatial batch norm": (lambda: fn.spatial_batchnorm_forward(x4, g, b, {"mode": "train"}),
+                               fn.spatial_batchnorm_backward, x4, dout),
+        "channels-last": (lambda: fn.spatial_batchnorm_forward(x_cl, g, b, {"mode": "train"}),
+                          fn.spatial_batchnorm_backward, x_cl, dout_cl),
+        "group norm": (lambda: fn.spatial_groupnorm_forward(x4, g4, b4, 4, {}),
+                       fn.spatial_groupnorm_backward, x4, dout),
+        "rms norm": (lambda: fn.rmsnorm_forward(x4, np.ones(32), {}), fn.rmsnorm_backward, x4, dout),
+    }
+    for name, (forward, backward, x, d) in ops.items():
+        out, cache = forward()
+        assert _page_distance(out, x) >= PAGE // 2 - LINE, name
+        dx = backward(d, cache)[0]
+        assert min(_page_distance(dx, x), _page_distance(dx, d)) >= PAGE // 4 - LINE, name
+
+
 @pytest.mark.parametrize("bad", [-1, -(1 << 40)])
 def test_a_negative_capacity_is_refused(bad):
     with pytest.raises(ValueError, match="capacity must be >= 0"):
