@@ -30,6 +30,7 @@ from mpi4py import MPI
 from .. import _validate
 from .._validate_nd import BATCHNORM_SETTINGS
 from .._build import load_kernels
+from .._output_cache import new_output
 from .._threads import get_num_threads
 
 _kernels = load_kernels()
@@ -217,7 +218,7 @@ def _merge(counts: np.ndarray, moments: np.ndarray) -> tuple[float, np.ndarray, 
 def _normalize(call: _Call, mean, inv_std) -> np.ndarray:
     """out in x's layout: (x - mean) * inv_std * gamma + beta per channel, with the
     constants and the sweep of the one-process forward."""
-    out = np.empty_like(call.view)
+    out = new_output(call.view.shape, call.view.dtype, call.view)   # the one-process forward's
     if call.count:
         blocks = _PLANES if call.planes else _COLUMNS
         blocks.normalize(call.view, mean, inv_std, call.gamma, call.beta, out, get_num_threads())
@@ -333,7 +334,7 @@ def sync_batchnorm_backward(dout, cache):
                              f"values per channel in all, the forward had {int(cache.count)}: "
                              "every rank must pass the cache of the same forward call")
     dtype = view.dtype
-    dx = np.empty_like(view)
+    dx = new_output(view.shape, dtype, dy, view)
     if n_local:
         blocks.dx(dy, view, cache.mean, cache.inv_std, gamma, total[:C], total[C:2 * C],
               float(cache.count), cache.ddof, train, dx, n_threads)

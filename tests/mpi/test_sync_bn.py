@@ -88,6 +88,25 @@ def test_images_match_spatial_batch_norm_of_the_whole_batch(comm, pattern, chann
     assert _same_on_every_rank(comm, bn_param["running_mean"], bn_param["running_var"])
 
 
+def _page_distance(out, near, aliased=256, page=4096):
+    """How far out's data starts, around the page, from `aliased` bytes past near's."""
+    d = (out.ctypes.data - near.ctypes.data - aliased) % page
+    return min(d, page - d)
+
+
+def test_outputs_are_placed_in_their_page_as_the_one_process_ones_are(comm):
+    """out and dx come from fastnorm's output cache: in their page away from what the
+    kernels read (4 KiB aliasing; tests/test_output_cache.py), on a cache line."""
+    x, dout, gamma, beta = _global_batch((comm.size * 64, 40), np.float64)
+    mine = shard_bounds([64] * comm.size, comm.rank)
+    x_local, dout_local = x[mine].copy(), dout[mine].copy()
+    out, cache = dist.sync_batchnorm_forward(x_local, gamma, beta, {"mode": "train"}, comm)
+    dx, _, _ = dist.sync_batchnorm_backward(dout_local, cache)
+    assert out.ctypes.data % 64 == 0 and dx.ctypes.data % 64 == 0
+    assert _page_distance(out, x_local) >= 2048 - 64
+    assert min(_page_distance(dx, dout_local), _page_distance(dx, x_local)) >= 1024 - 64
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_a_constant_channel_gives_exactly_beta_on_every_rank(comm, dtype):
     sizes = shard_sizes("unequal", comm.size)
