@@ -19,7 +19,7 @@
 # eval-mode batch-norm forward 1.13x, the layer-norm forward 1.09x).
 #
 # And where in its page it starts is chosen away from the arrays the kernel reads
-# (new_output's `near`). A load whose address shares its low 12 bits with an
+# (new_output's `near`; outputs of 16 KiB and more). A load whose address shares its low 12 bits with an
 # older store waits on that store (4K aliasing): with out 48 to 256 bytes past x
 # modulo 4 KiB, each store to out[j] held up the load of x a little ahead of j.
 # Blocks the C library hands out one after the other land there: the inputs of
@@ -37,12 +37,20 @@ cdef extern from *:
     #include <pythread.h>
 
     #define FASTNORM_SLOTS 8
-    /* A block is base's allocation of size + FASTNORM_PAD bytes; the array's data
-       starts on a line boundary 2 to FASTNORM_PAD bytes past the block's first
-       byte, and the two bytes before the data say how far past. */
+    /* A block is base's allocation of the size and a pad; the array's data starts on
+       a line boundary at least 2 bytes in, and the two bytes before the data say how
+       far in (FASTNORM_OFFSET) and which pad the block has (FASTNORM_PAGED). An
+       output of FASTNORM_PLACED bytes or more has room to start anywhere in a page
+       (FASTNORM_PAGE_PAD); a smaller one starts on the first line (FASTNORM_LINE_PAD:
+       NumPy's own cache of small blocks keeps serving it). A resized block keeps
+       the page's pad once it has it. */
     #define FASTNORM_LINE 64
     #define FASTNORM_PAGE 4096
-    #define FASTNORM_PAD (FASTNORM_PAGE + FASTNORM_LINE)
+    #define FASTNORM_LINE_PAD (FASTNORM_LINE + 2)
+    #define FASTNORM_PAGE_PAD (FASTNORM_PAGE + FASTNORM_LINE)
+    #define FASTNORM_PLACED (16 << 10)
+    #define FASTNORM_OFFSET 0x1fff
+    #define FASTNORM_PAGED 0x8000
     /* Where in a page an output should not start, past an array it is read with:
        the middle of the stretch whose loads waited on its stores (48-256 bytes). */
     #define FASTNORM_ALIASED 256
@@ -73,64 +81,76 @@ cdef extern from *:
         return d < FASTNORM_PAGE - d ? d : FASTNORM_PAGE - d;
     }
 
+    /* how near a page offset comes to the aliased spots a and b */
+    static uintptr_t fastnorm_score(uintptr_t t, uintptr_t a, uintptr_t b) {
+        uintptr_t da = fastnorm_around(t, a), db = fastnorm_around(t, b);
+        return da < db ? da : db;
+    }
+
     /* The page offset (a line boundary) for the next output's data: the farthest
-       from FASTNORM_ALIASED past each near array, the first such one in a tie. */
+       from FASTNORM_ALIASED past each near array's start, the middle of the longer
+       way round between those two spots (one spot: half a page on), to the nearer
+       of its two lines that is farther from both; FASTNORM_PAGE where none. */
     static uintptr_t fastnorm_page_offset(void) {
-        uintptr_t best = 0, best_score = 0, t, score, d;
-        int k, any = 0;
-        for (t = 0; t < FASTNORM_PAGE; t += FASTNORM_LINE) {
-            score = FASTNORM_PAGE;
-            for (k = 0; k < FASTNORM_NEAR; k++) {
-                if (fastnorm_near[k] == 0) continue;
-                any = 1;
-                d = fastnorm_around(t - fastnorm_near[k], FASTNORM_ALIASED);
-                if (d < score) score = d;
-            }
-            if (t == 0 || score > best_score) {
-                best = t;
-                best_score = score;
-            }
-        }
-        return any ? best : FASTNORM_PAGE;   /* FASTNORM_PAGE: any line */
+        uintptr_t a = fastnorm_near[0], b = fastnorm_near[1], d, mid, lo;
+        if (a == 0 && b == 0) return FASTNORM_PAGE;
+        if (a == 0) a = b;
+        if (b == 0) b = a;
+        a = (a + FASTNORM_ALIASED) % FASTNORM_PAGE;
+        b = (b + FASTNORM_ALIASED) % FASTNORM_PAGE;
+        d = (b - a) % FASTNORM_PAGE;   /* from a on to b */
+        mid = d >= FASTNORM_PAGE / 2 ? a + d / 2 : b + (FASTNORM_PAGE - d) / 2;
+        lo = mid & ~(uintptr_t) (FASTNORM_LINE - 1);
+        if (fastnorm_score(lo + FASTNORM_LINE, a, b) > fastnorm_score(lo, a, b)) lo += FASTNORM_LINE;
+        return lo % FASTNORM_PAGE;
     }
 
     /* The data's place in the block at raw: the first line boundary at least two
-       bytes in, or the first at the page offset fastnorm_page_offset asks for. */
-    static unsigned char *fastnorm_spot(unsigned char *raw) {
-        uintptr_t start = (uintptr_t) raw + 2, at = fastnorm_page_offset();
+       bytes in, or in a paged block the first at the page offset
+       fastnorm_page_offset asks for. */
+    static unsigned char *fastnorm_spot(unsigned char *raw, int paged) {
+        uintptr_t start = (uintptr_t) raw + 2, at = paged ? fastnorm_page_offset() : FASTNORM_PAGE;
         if (at == FASTNORM_PAGE)
             return (unsigned char *) ((start + FASTNORM_LINE - 1) & ~(uintptr_t) (FASTNORM_LINE - 1));
         return (unsigned char *) (start + (at - start) % FASTNORM_PAGE);
     }
 
-    /* the two bytes before the data say how far into its block it starts */
-    static void fastnorm_mark(unsigned char *p, unsigned char *raw) {
-        uint16_t offset = (uint16_t) (p - raw);
-        memcpy(p - 2, &offset, 2);
+    static uint16_t fastnorm_header(void *p) {
+        uint16_t h;
+        memcpy(&h, (unsigned char *) p - 2, 2);
+        return h;
     }
 
-    static void *fastnorm_place(void *raw) {
+    static void fastnorm_mark(unsigned char *p, unsigned char *raw, int paged) {
+        uint16_t h = (uint16_t) ((p - raw) | (paged ? FASTNORM_PAGED : 0));
+        memcpy(p - 2, &h, 2);
+    }
+
+    static void *fastnorm_place(void *raw, int paged) {
         unsigned char *p;
         if (raw == NULL) return NULL;
-        p = fastnorm_spot((unsigned char *) raw);
-        fastnorm_mark(p, (unsigned char *) raw);
+        p = fastnorm_spot((unsigned char *) raw, paged);
+        fastnorm_mark(p, (unsigned char *) raw, paged);
         return p;
     }
 
     static void *fastnorm_raw(void *p) {
-        uint16_t offset;
-        memcpy(&offset, (unsigned char *) p - 2, 2);
-        return (unsigned char *) p - offset;
+        return (unsigned char *) p - (fastnorm_header(p) & FASTNORM_OFFSET);
     }
 
-    /* size + FASTNORM_PAD, or 0 when that overflows (base then fails as it should) */
-    static size_t fastnorm_padded(size_t size) {
-        return size <= (size_t) -1 - FASTNORM_PAD ? size + FASTNORM_PAD : 0;
+    static size_t fastnorm_pad(int paged) {
+        return paged ? FASTNORM_PAGE_PAD : FASTNORM_LINE_PAD;
+    }
+
+    /* size and its pad, or 0 when that overflows (base then fails as it should) */
+    static size_t fastnorm_padded(size_t size, int paged) {
+        return size <= (size_t) -1 - fastnorm_pad(paged) ? size + fastnorm_pad(paged) : 0;
     }
 
     static void fastnorm_release(void *p, size_t size) {
         PyDataMem_Handler *base = fastnorm_cache.base;
-        base->allocator.free(base->allocator.ctx, fastnorm_raw(p), size + FASTNORM_PAD);
+        int paged = (fastnorm_header(p) & FASTNORM_PAGED) != 0;
+        base->allocator.free(base->allocator.ctx, fastnorm_raw(p), size + fastnorm_pad(paged));
     }
 
     static void *fastnorm_take(size_t size) {
@@ -150,7 +170,9 @@ cdef extern from *:
         }
         if (p != NULL) fastnorm_cache.hits++; else fastnorm_cache.misses++;
         PyThread_release_lock(fastnorm_cache.lock);
-        return p != NULL ? fastnorm_place(fastnorm_raw(p)) : NULL;   /* placed for this call */
+        /* placed for this call (a cached block, of min_size or more, has the page's pad) */
+        return p != NULL ? fastnorm_place(fastnorm_raw(p), (fastnorm_header(p) & FASTNORM_PAGED) != 0)
+                         : NULL;
     }
 
     /* Frees the oldest blocks until `room` more bytes and one more block fit (room 0
@@ -170,14 +192,17 @@ cdef extern from *:
     static void *fastnorm_malloc(void *ctx, size_t size) {
         PyDataMem_Handler *base = fastnorm_cache.base;
         void *p = fastnorm_take(size);
-        if (p != NULL || fastnorm_padded(size) == 0) return p;
-        return fastnorm_place(base->allocator.malloc(base->allocator.ctx, size + FASTNORM_PAD));
+        int paged = size >= FASTNORM_PLACED;
+        if (p != NULL || fastnorm_padded(size, paged) == 0) return p;
+        return fastnorm_place(base->allocator.malloc(base->allocator.ctx, size + fastnorm_pad(paged)),
+                              paged);
     }
 
     static void *fastnorm_calloc(void *ctx, size_t nelem, size_t elsize) {
         PyDataMem_Handler *base = fastnorm_cache.base;
         void *p;
         size_t size;
+        int paged;
         if (elsize != 0 && nelem > (size_t) -1 / elsize) return NULL;
         size = nelem * elsize;
         p = fastnorm_take(size);
@@ -185,8 +210,10 @@ cdef extern from *:
             memset(p, 0, size);
             return p;
         }
-        if (fastnorm_padded(size) == 0) return NULL;
-        return fastnorm_place(base->allocator.calloc(base->allocator.ctx, 1, size + FASTNORM_PAD));
+        paged = size >= FASTNORM_PLACED;
+        if (fastnorm_padded(size, paged) == 0) return NULL;
+        return fastnorm_place(base->allocator.calloc(base->allocator.ctx, 1, size + fastnorm_pad(paged)),
+                              paged);
     }
 
     /* The data moves with base's realloc, then onto the line where fastnorm_spot
@@ -196,16 +223,18 @@ cdef extern from *:
         unsigned char *raw, *q;
         size_t offset;
         uint16_t was;
+        int paged;
         if (p == NULL) return fastnorm_malloc(ctx, size);
-        if (fastnorm_padded(size) == 0) return NULL;
-        memcpy(&was, (unsigned char *) p - 2, 2);
-        offset = was;
+        was = fastnorm_header(p);
+        offset = was & FASTNORM_OFFSET;   /* within either pad of the new block */
+        paged = (was & FASTNORM_PAGED) != 0 || size >= FASTNORM_PLACED;
+        if (fastnorm_padded(size, paged) == 0) return NULL;
         raw = (unsigned char *) base->allocator.realloc(base->allocator.ctx, fastnorm_raw(p),
-                                                         size + FASTNORM_PAD);
+                                                         size + fastnorm_pad(paged));
         if (raw == NULL) return NULL;   /* p is as it was */
-        q = fastnorm_spot(raw);
+        q = fastnorm_spot(raw, paged);
         if ((size_t) (q - raw) != offset) memmove(q, raw + offset, size);
-        fastnorm_mark(q, raw);   /* after the move: those bytes may hold data before it */
+        fastnorm_mark(q, raw, paged);   /* after the move: those bytes may hold data before it */
         return q;
     }
 
