@@ -18,10 +18,10 @@
 # thread: out on a line against 16 bytes past it, x where NumPy put it: the
 # eval-mode batch-norm forward 1.13x, the layer-norm forward 1.09x).
 #
-# And where in its page it starts is chosen away from the arrays the kernel reads
-# (new_output's `near`; outputs of 16 KiB and more). A load whose address shares its low 12 bits with an
-# older store waits on that store (4K aliasing): with out 48 to 256 bytes past x
-# modulo 4 KiB, each store to out[j] held up the load of x a little ahead of j.
+# An output of 16 KiB or more also starts in its page away from the arrays the
+# kernel reads (new_output's `near`). A load whose address shares its low 12 bits
+# with an older store waits on that store (4K aliasing): with out 48 to 256 bytes
+# past x modulo 4 KiB, each store to out[j] held up the load of x a little ahead of j.
 # Blocks the C library hands out one after the other land there: the inputs of
 # the benchmarks' 512x512 float32 cells, then the output, put out 64-192 bytes past
 # x. In cache (Zen 4, one thread) such outputs cost the eval-mode batch-norm
@@ -101,7 +101,8 @@ cdef extern from *:
         d = (b - a) % FASTNORM_PAGE;   /* from a on to b */
         mid = d >= FASTNORM_PAGE / 2 ? a + d / 2 : b + (FASTNORM_PAGE - d) / 2;
         lo = mid & ~(uintptr_t) (FASTNORM_LINE - 1);
-        if (fastnorm_score(lo + FASTNORM_LINE, a, b) > fastnorm_score(lo, a, b)) lo += FASTNORM_LINE;
+        if (fastnorm_score(lo + FASTNORM_LINE, a, b) > fastnorm_score(lo, a, b))
+            lo += FASTNORM_LINE;
         return lo % FASTNORM_PAGE;
     }
 
@@ -111,7 +112,8 @@ cdef extern from *:
     static unsigned char *fastnorm_spot(unsigned char *raw, int paged) {
         uintptr_t start = (uintptr_t) raw + 2, at = paged ? fastnorm_page_offset() : FASTNORM_PAGE;
         if (at == FASTNORM_PAGE)
-            return (unsigned char *) ((start + FASTNORM_LINE - 1) & ~(uintptr_t) (FASTNORM_LINE - 1));
+            return (unsigned char *) ((start + FASTNORM_LINE - 1)
+                                      & ~(uintptr_t) (FASTNORM_LINE - 1));
         return (unsigned char *) (start + (at - start) % FASTNORM_PAGE);
     }
 
@@ -171,8 +173,8 @@ cdef extern from *:
         if (p != NULL) fastnorm_cache.hits++; else fastnorm_cache.misses++;
         PyThread_release_lock(fastnorm_cache.lock);
         /* placed for this call (a cached block, of min_size or more, has the page's pad) */
-        return p != NULL ? fastnorm_place(fastnorm_raw(p), (fastnorm_header(p) & FASTNORM_PAGED) != 0)
-                         : NULL;
+        if (p == NULL) return NULL;
+        return fastnorm_place(fastnorm_raw(p), (fastnorm_header(p) & FASTNORM_PAGED) != 0);
     }
 
     /* Frees the oldest blocks until `room` more bytes and one more block fit (room 0
@@ -194,8 +196,8 @@ cdef extern from *:
         void *p = fastnorm_take(size);
         int paged = size >= FASTNORM_PLACED;
         if (p != NULL || fastnorm_padded(size, paged) == 0) return p;
-        return fastnorm_place(base->allocator.malloc(base->allocator.ctx, size + fastnorm_pad(paged)),
-                              paged);
+        return fastnorm_place(
+            base->allocator.malloc(base->allocator.ctx, size + fastnorm_pad(paged)), paged);
     }
 
     static void *fastnorm_calloc(void *ctx, size_t nelem, size_t elsize) {
@@ -212,8 +214,8 @@ cdef extern from *:
         }
         paged = size >= FASTNORM_PLACED;
         if (fastnorm_padded(size, paged) == 0) return NULL;
-        return fastnorm_place(base->allocator.calloc(base->allocator.ctx, 1, size + fastnorm_pad(paged)),
-                              paged);
+        return fastnorm_place(
+            base->allocator.calloc(base->allocator.ctx, 1, size + fastnorm_pad(paged)), paged);
     }
 
     /* The data moves with base's realloc, then onto the line where fastnorm_spot
