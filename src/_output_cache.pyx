@@ -306,7 +306,6 @@ cdef extern from *:
     size_t cache_resize "fastnorm_cache_resize"(size_t capacity) noexcept nogil
     object cache_handler "fastnorm_cache_handler"()
     void set_near "fastnorm_set_near"(object a, object b)
-    void clear_near "fastnorm_set_near"(void* a, void* b)
     object PyDataMem_SetHandler(object handler)
     struct Cache:
         size_t capacity, held, min_size
@@ -336,7 +335,7 @@ def new_output(shape, dtype, near=None, near_too=None):
     try:
         return np.empty(shape, dtype)
     finally:
-        clear_near(NULL, NULL)
+        set_near(None, None)
         PyDataMem_SetHandler(previous)
 
 
